@@ -1,0 +1,31 @@
+# The README's two commands: `make demo` (set up, train and render on the synthetic subject)
+# and `make test` (set up, run the test suite). Both create .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint browser
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/sahs-demo
+
+# Headless Chromium for the viewer test: Debian's package (Playwright's own download fails offline).
+browser:
+	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+test: setup browser
+	$(PY) -m pytest -q tests
+
+lint: setup
+	$(VENV)/bin/ruff check sahs_nerfstudio tests
+	$(VENV)/bin/ruff format --check sahs_nerfstudio tests
+	$(VENV)/bin/pyright

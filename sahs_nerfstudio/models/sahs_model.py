@@ -1,0 +1,429 @@
+"""The SAHS model: coarse/fine volume rendering of a hyper-space deformable, semantic NeRF.
+
+Per ray: the driving code (expression, or audio window through AudioNet), the head-pose code
+and the background lookup arrive in ``ray_bundle.metadata`` (see ``data/sahs_dataparser.py``).
+The fixed background image is composited as a last sample at infinity that also carries the
+background class, so leftover transmittance shows background in colour and in semantics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Literal, Optional, Tuple, Type
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.cameras.rays import RayBundle, RaySamples
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.field_components.field_heads import FieldHeadNames
+from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
+from nerfstudio.model_components.scene_colliders import NearFarCollider
+from nerfstudio.models.base_model import Model, ModelConfig
+from nerfstudio.utils import colormaps
+from torch import Tensor, nn
+from torch.nn import Parameter
+from torchmetrics.functional import structural_similarity_index_measure
+
+from sahs_nerfstudio.data.pose import POSE_DIM, pose_code
+from sahs_nerfstudio.data.sahs_dataparser import cameras_background_projection
+from sahs_nerfstudio.data.semantics import BACKGROUND, MOUTH_CLASSES, NECK, NUM_CLASSES, TORSO, colorize
+from sahs_nerfstudio.fields.audio_encoder import AudioEncoder, AudioEncoderConfig
+from sahs_nerfstudio.fields.deformation import HyperDeformation
+from sahs_nerfstudio.fields.sahs_field import SAHSField, SAHSFieldConfig
+from sahs_nerfstudio.samplers.semantic_sampler import ClassLossEMA, semantic_sampler_callbacks
+from sahs_nerfstudio.utils.lpips import make_lpips
+
+EPS = 1e-8
+
+
+@dataclass
+class SAHSModelConfig(ModelConfig):
+    """SAHS with the published settings as defaults (500k steps of 2048 rays on a GPU)."""
+
+    _target: Type = field(default_factory=lambda: SAHSModel)
+    driver: Literal["auto", "audio", "expression"] = "auto"
+    """Driving signal; ``auto`` takes it from the data (NeRFace -> expression, AD-NeRF -> audio)."""
+    audio_field: SAHSFieldConfig = field(default_factory=lambda: SAHSFieldConfig.for_driver("audio"))
+    """Field used with the audio driver (published audio configuration)."""
+    expression_field: SAHSFieldConfig = field(default_factory=lambda: SAHSFieldConfig.for_driver("expression"))
+    """Field used with the expression driver (published expression configuration)."""
+    audio_encoder: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
+    """AudioNet (and AudioAttNet smoothing) turning audio windows into the driving code."""
+    use_audio_attention: bool = True
+    """Smooth the audio code over neighbouring frames with AudioAttNet (AD-NeRF's smoothing)."""
+    audio_attention_start_step: int = 300_000
+    """Step from which AudioAttNet smooths the code over neighbouring frames (AD-NeRF: 300k)."""
+    share_deformation: bool = True
+    """One warp/hyper network for the coarse and fine canonical fields."""
+    num_coarse_samples: int = 64
+    """Stratified samples per ray for the coarse field."""
+    num_importance_samples: int = 64
+    """Importance samples per ray for the fine field (rendered together with the coarse ones)."""
+    semantic_loss_weight: float = 0.02
+    """Weight of the cross-entropy on rendered class probabilities."""
+    mouth_loss_weight: float = 0.005
+    """Weight of the extra (MSE + CE) term for each of mouth interior and lips."""
+    background: Literal["image", "white", "black"] = "image"
+    """What the last sample at infinity shows: the dataset's fixed background image, or a colour."""
+    near_plane: Optional[float] = None
+    """Near plane; None takes the dataparser's (layout default or --near)."""
+    far_plane: Optional[float] = None
+    """Far plane; None takes the dataparser's."""
+    enable_collider: bool = True
+    """Clip rays to [near, far]."""
+    collider_params: Optional[Dict[str, float]] = None
+    """Unused: near/far come from the data or ``near_plane``/``far_plane``."""
+    eval_num_rays_per_chunk: int = 4096
+    """Rays per forward pass when rendering whole images."""
+
+
+class SAHSModel(Model):
+    """Semantic-aware hyper-space deformable NeRF."""
+
+    config: SAHSModelConfig
+
+    # ------------------------------------------------------------------------------------------
+    # Setup
+
+    def populate_modules(self) -> None:
+        meta = self.kwargs.get("metadata", {}) or {}
+        data_driver = meta.get("driver_kind", "expression")
+        if self.config.driver not in ("auto", data_driver):
+            raise ValueError(
+                f"--pipeline.model.driver is '{self.config.driver}' but the data provides '{data_driver}' codes"
+            )
+        self.driver_kind: str = data_driver
+        near = self.config.near_plane if self.config.near_plane is not None else meta.get("near", 0.2)
+        far = self.config.far_plane if self.config.far_plane is not None else meta.get("far", 0.8)
+        self.near, self.far = float(near), float(far)
+        # Model.populate_modules builds the collider from collider_params.
+        self.config.collider_params = {"near_plane": self.near, "far_plane": self.far}
+        super().populate_modules()
+        if self.config.enable_collider:
+            self.collider = NearFarCollider(near_plane=self.near, far_plane=self.far)
+
+        self.field_config = self.config.audio_field if self.driver_kind == "audio" else self.config.expression_field
+        aabb = self.scene_box.aabb
+        self.deformation = HyperDeformation(self.field_config)
+        fine_deformation = self.deformation if self.config.share_deformation else HyperDeformation(self.field_config)
+        self.field_coarse = SAHSField(self.field_config, self.deformation, aabb=aabb)
+        self.field_fine = SAHSField(self.field_config, fine_deformation, aabb=aabb)
+
+        self.audio_encoder: Optional[AudioEncoder] = None
+        if self.driver_kind == "audio":
+            window, channels = meta.get("audio_window") or (16, 29)
+            self.audio_window: Tuple[int, int] = (int(window), int(channels))
+            enc_cfg = dataclasses.replace(
+                self.config.audio_encoder,
+                in_channels=int(channels),
+                window=min(self.config.audio_encoder.window, int(window)),
+                code_dim=self.field_config.code_dim,
+            )
+            self.audio_encoder = AudioEncoder(enc_cfg)
+        # Data the model needs at render time but should not checkpoint: it comes with the dataset.
+        table = meta.get("audio_table")
+        self.register_buffer("audio_table", table if table is not None else torch.zeros(0), persistent=False)
+        bg = meta.get("background")
+        if bg is None:
+            bg = torch.ones(8, 8, 3)
+        self.register_buffer("background_image", bg.permute(2, 0, 1)[None].contiguous(), persistent=False)
+        drivers = meta.get("drivers")
+        self.register_buffer("train_drivers", drivers if drivers is not None else torch.zeros(1, 76), persistent=False)
+        audio_index = meta.get("audio_indices")
+        self.register_buffer(
+            "train_audio_index", audio_index if audio_index is not None else torch.zeros(1, 1), persistent=False
+        )
+        # Persistent so a loaded checkpoint knows whether AudioAttNet smoothing was switched on.
+        self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))
+
+        self.sampler_uniform = UniformSampler(num_samples=self.config.num_coarse_samples)
+        self.sampler_pdf = PDFSampler(num_samples=self.config.num_importance_samples)
+
+        self.lpips = make_lpips()
+        # Per-class loss of the latest training batch, read by the semantic ray sampler.
+        self.register_buffer("class_loss_sum", torch.zeros(NUM_CLASSES), persistent=False)
+        self.register_buffer("class_loss_count", torch.zeros(NUM_CLASSES), persistent=False)
+        # The sampler's moving average of those losses: persistent, so a resumed run keeps its probabilities.
+        self.sampler_stats = ClassLossEMA(NUM_CLASSES)
+
+    def get_param_groups(self) -> Dict[str, List[Parameter]]:
+        groups: Dict[str, List[Parameter]] = {}
+        fields = nn.ModuleList([self.field_coarse, self.field_fine])
+        groups["fields"] = list(fields.parameters())
+        if self.audio_encoder is not None:
+            groups["audio_net"] = list(self.audio_encoder.audio_net.parameters())
+            if self.config.use_audio_attention:
+                groups["audio_attention"] = list(self.audio_encoder.att_net.parameters())
+        return groups
+
+    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        def set_step(step: int) -> None:
+            self.trained_steps.fill_(step)
+
+        return [
+            TrainingCallback(
+                where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], update_every_num_iters=1, func=set_step
+            )
+        ] + semantic_sampler_callbacks(self, self.sampler_stats, training_callback_attributes)
+
+    # ------------------------------------------------------------------------------------------
+    # Conditioning
+
+    def use_audio_attention(self) -> bool:
+        return (
+            self.audio_encoder is not None
+            and self.config.use_audio_attention
+            and int(self.trained_steps) >= self.config.audio_attention_start_step
+        )
+
+    def encode_driver(
+        self, driver: Float[Tensor, "B D"], audio_index: Optional[Float[Tensor, "B 1"]] = None
+    ) -> Float[Tensor, "B code"]:
+        """Driving code from raw driver rows: the expression itself, or AudioNet(/AudioAttNet) of a window."""
+        if self.audio_encoder is None:
+            return driver
+        enc = self.audio_encoder
+        windows = driver.view(driver.shape[0], *self.audio_window)
+        if audio_index is not None and self.use_audio_attention() and self.audio_table.numel() > 0:
+            return enc.encode_smoothed(self._neighbour_windows(audio_index))
+        return enc.encode(windows)
+
+    def _neighbour_windows(self, audio_index: Float[Tensor, "B 1"]) -> Float[Tensor, "B S W C"]:
+        assert self.audio_encoder is not None
+        seq = self.audio_encoder.config.smoothing_seq_len
+        offsets = torch.arange(seq, device=audio_index.device) - seq // 2
+        idx = (audio_index.long() + offsets[None]).clamp(0, self.audio_table.shape[0] - 1)
+        return self.audio_table[idx]
+
+    def _driving_code_for_rays(self, metadata: Dict[str, Tensor]) -> Float[Tensor, "N code"]:
+        if "driving_code" in metadata:
+            return metadata["driving_code"]
+        driver = metadata["driver"]
+        # Rays of a batch come from a handful of frames: encode each distinct frame once.
+        key = metadata["frame_index"][:, 0] if "frame_index" in metadata else None
+        audio_index = metadata.get("audio_index")
+        if key is None or self.audio_encoder is None:
+            return self.encode_driver(driver, audio_index)
+        _, first, inverse = _unique_first(key)
+        codes = self.encode_driver(driver[first], None if audio_index is None else audio_index[first])
+        return codes[inverse]
+
+    def _background_rgb(self, ray_bundle: RayBundle) -> Float[Tensor, "N 3"]:
+        n = ray_bundle.directions.shape[0]
+        if self.config.background == "white":
+            return torch.ones(n, 3, device=self.device)
+        if self.config.background == "black":
+            return torch.zeros(n, 3, device=self.device)
+        proj = ray_bundle.metadata.get("bg_projection")
+        if proj is None:
+            return self.background_image.mean(dim=(2, 3)).expand(n, 3)
+        hom = (proj.view(-1, 3, 3) @ ray_bundle.directions[..., None])[..., 0]
+        # Rays behind the image plane have no background pixel; clamp keeps them finite.
+        uv = hom[:, :2] / hom[:, 2:].clamp(min=1e-6)
+        grid = (uv * 2.0 - 1.0).view(1, 1, n, 2)
+        rgb = F.grid_sample(self.background_image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return rgb[0, :, 0, :].T
+
+    # ------------------------------------------------------------------------------------------
+    # Rendering
+
+    def _render_level(
+        self, field: SAHSField, ray_samples: RaySamples, bg_rgb: Float[Tensor, "N 3"]
+    ) -> Tuple[Dict[str, Tensor], Float[Tensor, "N S 1"]]:
+        outs = field(ray_samples)
+        weights = ray_samples.get_weights(outs[FieldHeadNames.DENSITY])
+        acc = weights.sum(dim=-2)
+        leftover = (1.0 - acc).clamp(min=0.0)
+        rgb = (weights * outs[FieldHeadNames.RGB]).sum(dim=-2) + leftover * bg_rgb
+        mids = (ray_samples.frustums.starts + ray_samples.frustums.ends) / 2
+        depth = (weights * mids).sum(dim=-2) + leftover * self.far
+        level: Dict[str, Tensor] = {"rgb": rgb, "accumulation": acc, "depth": depth}
+        if FieldHeadNames.SEMANTICS in outs:
+            probs = (weights * F.softmax(outs[FieldHeadNames.SEMANTICS], dim=-1)).sum(dim=-2)
+            probs = probs.clone()
+            probs[:, BACKGROUND] = probs[:, BACKGROUND] + leftover[:, 0]
+            level["semantics_probs"] = probs
+        level["deformation"] = (weights * outs["deformation"]).sum(dim=-2)
+        ambient = outs["ambient"]
+        if ambient.shape[-1] > 0:
+            level["ambient"] = (weights * ambient).sum(dim=-2)
+        return level, weights
+
+    def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:  # type: ignore[override]
+        metadata = dict(ray_bundle.metadata)
+        n = ray_bundle.directions.shape[0]
+        metadata["driving_code"] = self._driving_code_for_rays(metadata)
+        if "pose" not in metadata:
+            metadata["pose"] = torch.zeros(n, POSE_DIM, device=self.device)
+        ray_bundle.metadata = metadata
+        bg_rgb = self._background_rgb(ray_bundle)
+
+        samples_coarse = self.sampler_uniform(ray_bundle)
+        coarse, weights_coarse = self._render_level(self.field_coarse, samples_coarse, bg_rgb)
+        samples_fine = self.sampler_pdf(ray_bundle, samples_coarse, weights_coarse)
+        fine, _ = self._render_level(self.field_fine, samples_fine, bg_rgb)
+
+        outputs: Dict[str, Tensor] = {f"{k}_coarse": v for k, v in coarse.items()}
+        outputs.update(fine)
+        if "semantics_probs" in fine:
+            outputs["semantics"] = colorize(fine["semantics_probs"].argmax(dim=-1))
+        if "ambient" in fine:
+            amb = torch.tanh(fine["ambient"]) * 0.5 + 0.5
+            outputs["ambient_image"] = torch.cat([amb, amb[:, :1], torch.full_like(amb[:, :1], 0.5)], dim=-1)[:, :3]
+        return outputs
+
+    @torch.no_grad()
+    def get_outputs_for_camera(self, camera: Cameras, obb_box=None) -> Dict[str, Tensor]:
+        """Render one camera; conditioning absent from its metadata is filled in here (viewer, spiral)."""
+        camera = camera.reshape(()) if camera.shape == (1,) else camera
+        cams = camera.reshape((1,))
+        meta = dict(cams.metadata or {})
+        meta.pop("cam_idx", None)
+        code = self.driving_code_for_camera(cams, meta)
+        new_meta = {
+            "driving_code": code,
+            "pose": meta["pose"] if "pose" in meta else self.pose_for_camera(cams),
+            "bg_projection": cameras_background_projection(cams).to(cams.camera_to_worlds),
+        }
+        render_cam = Cameras(
+            camera_to_worlds=cams.camera_to_worlds,
+            fx=cams.fx,
+            fy=cams.fy,
+            cx=cams.cx,
+            cy=cams.cy,
+            width=cams.width,
+            height=cams.height,
+            distortion_params=cams.distortion_params,
+            camera_type=cams.camera_type,
+            times=cams.times,
+            metadata=new_meta,
+        )
+        return self.get_outputs_for_camera_ray_bundle(
+            render_cam.generate_rays(camera_indices=0, keep_shape=True, obb_box=obb_box)
+        )
+
+    def driving_code_for_camera(self, cams: Cameras, meta: Dict[str, Tensor]) -> Float[Tensor, "1 code"]:
+        """The code of a dataset camera, or of the training frame nearest the camera's time."""
+        device = self.device
+        if "driving_code" in meta:
+            return meta["driving_code"].to(device)
+        if "driver" in meta:
+            audio_index = meta.get("audio_index")
+            return self.encode_driver(meta["driver"].to(device), None if audio_index is None else audio_index.to(device))
+        frame = self.frame_for_time(None if cams.times is None else float(cams.times.flatten()[0]))
+        return self.encode_driver(self.train_drivers[frame : frame + 1], self.train_audio_index[frame : frame + 1])
+
+    def pose_for_camera(self, cams: Cameras) -> Float[Tensor, "1 6"]:
+        return pose_code(cams.camera_to_worlds.to(self.device))
+
+    def frame_for_time(self, time: Optional[float]) -> int:
+        n = self.train_drivers.shape[0]
+        if time is None or n <= 1:
+            return 0
+        return int(round(min(max(time, 0.0), 1.0) * (n - 1)))
+
+    # ------------------------------------------------------------------------------------------
+    # Losses and metrics
+
+    def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
+        image = batch["image"].to(self.device)[..., :3]
+        return {
+            "psnr": psnr(outputs["rgb"], image),
+            "psnr_coarse": psnr(outputs["rgb_coarse"], image),
+        }
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
+        image = batch["image"].to(self.device)[..., :3]
+        labels = batch["semantics"].to(self.device).long().view(-1) if "semantics" in batch else None
+        losses: Dict[str, Tensor] = {}
+        per_ray = torch.zeros(image.shape[0], device=self.device)
+        for suffix in ("_coarse", ""):
+            se = ((outputs["rgb" + suffix] - image) ** 2).mean(dim=-1)
+            per_ray = per_ray + se.detach()
+            losses["rgb_loss" + suffix] = se.mean()
+            probs = outputs.get("semantics_probs" + suffix)
+            if labels is None or probs is None:
+                continue
+            valid = labels >= 0
+            ce = -torch.log(probs.gather(-1, labels.clamp(min=0)[:, None])[:, 0] + EPS)
+            ce = torch.where(valid, ce, torch.zeros_like(ce))
+            per_ray = per_ray + ce.detach()
+            losses["semantic_loss" + suffix] = self.config.semantic_loss_weight * ce.sum() / valid.sum().clamp(min=1)
+            mouth = torch.zeros((), device=self.device)
+            for cls in MOUTH_CLASSES:
+                sel = labels == cls
+                if sel.any():
+                    mouth = mouth + se[sel].mean() + ce[sel].mean()
+            losses["mouth_loss" + suffix] = self.config.mouth_loss_weight * mouth
+        if labels is not None and self.training:
+            valid = labels >= 0
+            self.class_loss_sum = torch.zeros(NUM_CLASSES, device=self.device).index_add_(
+                0, labels[valid], per_ray[valid]
+            )
+            self.class_loss_count = torch.bincount(labels[valid], minlength=NUM_CLASSES).float()
+        return losses
+
+    def get_image_metrics_and_images(
+        self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor]
+    ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
+        image = batch["image"].to(self.device)[..., :3]
+        rgb = outputs["rgb"]
+        metrics: Dict[str, float] = {"psnr": float(psnr(rgb, image)), "psnr_coarse": float(psnr(outputs["rgb_coarse"], image))}
+        pred_nchw, gt_nchw = rgb.permute(2, 0, 1)[None], image.permute(2, 0, 1)[None]
+        metrics["ssim"] = float(structural_similarity_index_measure(pred_nchw, gt_nchw, data_range=1.0))  # type: ignore[arg-type]
+        if self.lpips is not None:
+            self.lpips = self.lpips.to(self.device)
+            metrics["lpips"] = float(self.lpips(pred_nchw.clamp(0, 1), gt_nchw))
+        labels = batch["semantics"].to(self.device)[..., 0].long() if "semantics" in batch else None
+        if labels is not None:
+            mouth = torch.zeros_like(labels, dtype=torch.bool)
+            for cls in MOUTH_CLASSES:
+                mouth |= labels == cls
+            head = (labels > BACKGROUND) & (labels != NECK) & (labels != TORSO)
+            metrics["head_psnr"] = float(psnr(rgb[head], image[head]))
+        else:
+            mouth = batch["face_rect"].to(self.device)[..., 0].bool() if "face_rect" in batch else None
+        if mouth is not None and mouth.any():
+            metrics["mouth_psnr"] = float(psnr(rgb[mouth], image[mouth]))
+        images = {"img": torch.cat([image, rgb], dim=1)}
+        images["depth"] = colormaps.apply_depth_colormap(
+            outputs["depth"], accumulation=outputs["accumulation"], near_plane=self.near, far_plane=self.far
+        )
+        if "semantics_probs" in outputs:
+            pred_labels = outputs["semantics_probs"].argmax(dim=-1)
+            if labels is not None:
+                metrics["miou"] = mean_iou(pred_labels, labels)
+                images["semantics"] = torch.cat([colorize(labels), colorize(pred_labels)], dim=1)
+            else:
+                images["semantics"] = colorize(pred_labels)
+        return metrics, images
+
+
+def _unique_first(key: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """Distinct values, the index of one occurrence of each, and the inverse map."""
+    uniq, inverse = torch.unique(key, return_inverse=True)
+    first = torch.full((uniq.shape[0],), key.shape[0], dtype=torch.long, device=key.device)
+    first.scatter_reduce_(0, inverse, torch.arange(key.shape[0], device=key.device), reduce="amin")
+    return uniq, first, inverse
+
+
+def psnr(pred: Tensor, target: Tensor) -> Tensor:
+    """Standard PSNR (MSE averaged over channels), data range 1."""
+    mse = ((pred - target) ** 2).mean()
+    return -10.0 * torch.log10(mse.clamp(min=1e-10))
+
+
+def mean_iou(pred: Int[Tensor, "*bs"], target: Int[Tensor, "*bs"]) -> float:
+    """Mean IoU over the classes present in the ground truth (ignored pixels excluded)."""
+    valid = target >= 0
+    pred, target = pred[valid], target[valid]
+    ious = []
+    for cls in torch.unique(target).tolist():
+        p, t = pred == cls, target == cls
+        ious.append(float((p & t).sum()) / max(float((p | t).sum()), 1.0))
+    return sum(ious) / len(ious) if ious else math.nan
+

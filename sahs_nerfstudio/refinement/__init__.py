@@ -1,0 +1,53 @@
+"""Stage II: the 2-D texture refiner applied to Stage-I renders (identity-conditioned SPADE)."""
+
+from sahs_nerfstudio.refinement.networks import (
+    SPADE,
+    AudioEncoder,
+    IdentityEncoder,
+    RefinerNetwork,
+    RefinerNetworkConfig,
+    SPADEResBlock,
+    pad_to_stride,
+)
+from sahs_nerfstudio.refinement.trainer import (
+    FramePair,
+    LoadedRefiner,
+    RefinementError,
+    RefinerTrainConfig,
+    TrainResult,
+    evaluate_refiner,
+    find_latest_checkpoint,
+    load_refiner,
+    lr_factor,
+    pair_frames,
+    read_checkpoint,
+    refine_frames,
+    release_stage_one_pipeline,
+    render_stage_one,
+    train_refiner,
+)
+
+__all__ = [
+    "AudioEncoder",
+    "FramePair",
+    "IdentityEncoder",
+    "LoadedRefiner",
+    "RefinementError",
+    "RefinerNetwork",
+    "RefinerNetworkConfig",
+    "RefinerTrainConfig",
+    "SPADE",
+    "SPADEResBlock",
+    "TrainResult",
+    "evaluate_refiner",
+    "find_latest_checkpoint",
+    "load_refiner",
+    "lr_factor",
+    "pad_to_stride",
+    "pair_frames",
+    "read_checkpoint",
+    "refine_frames",
+    "release_stage_one_pipeline",
+    "render_stage_one",
+    "train_refiner",
+]

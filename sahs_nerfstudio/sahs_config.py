@@ -1,0 +1,66 @@
+"""The ``sahs`` method: published SAHS settings inside nerfstudio's trainer and pipeline."""
+
+from __future__ import annotations
+
+from nerfstudio.configs.base_config import ViewerConfig
+from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
+from nerfstudio.engine.optimizers import AdamOptimizerConfig
+from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
+from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
+from nerfstudio.plugins.types import MethodSpecification
+
+from sahs_nerfstudio.data.sahs_dataparser import SAHSDataParserConfig
+from sahs_nerfstudio.data.sahs_dataset import SAHSDataset
+from sahs_nerfstudio.models.sahs_model import SAHSModelConfig
+from sahs_nerfstudio.utils.checkpoints import allow_nerfstudio_checkpoints
+
+# nerfstudio imports this module for every ns-* command: make its checkpoints loadable under torch 2.6+.
+allow_nerfstudio_checkpoints()
+from sahs_nerfstudio.samplers.semantic_sampler import SemanticPixelSamplerConfig
+
+PUBLISHED_STEPS = 500_000
+
+
+def _adam(lr: float, max_steps: int = PUBLISHED_STEPS) -> dict:
+    # lr * 0.1^(step / 250k) is an exponential decay to lr * 0.01 at 500k steps.
+    return {
+        "optimizer": AdamOptimizerConfig(lr=lr, eps=1e-8),
+        "scheduler": ExponentialDecaySchedulerConfig(lr_final=lr * 0.1 ** (max_steps / 250_000), max_steps=max_steps),
+    }
+
+
+def sahs_trainer_config() -> TrainerConfig:
+    """The faithful method: 500k steps of 2048 rays, Adam 5e-4 decaying by 10x every 250k steps."""
+    return TrainerConfig(
+        method_name="sahs",
+        steps_per_eval_batch=500,
+        steps_per_eval_image=2500,
+        steps_per_save=5000,
+        max_num_iterations=PUBLISHED_STEPS,
+        mixed_precision=False,
+        pipeline=VanillaPipelineConfig(
+            datamanager=VanillaDataManagerConfig(
+                _target=VanillaDataManager[SAHSDataset],
+                dataparser=SAHSDataParserConfig(),
+                pixel_sampler=SemanticPixelSamplerConfig(),
+                train_num_rays_per_batch=2048,
+                eval_num_rays_per_batch=2048,
+            ),
+            model=SAHSModelConfig(eval_num_rays_per_chunk=4096),
+        ),
+        optimizers={
+            "fields": _adam(5e-4),
+            "audio_net": _adam(5e-4),
+            # AD-NeRF trains the attention net with 5x the learning rate.
+            "audio_attention": _adam(2.5e-3),
+        },
+        viewer=ViewerConfig(num_rays_per_chunk=4096, websocket_host="127.0.0.1"),
+        vis="viewer",
+    )
+
+
+sahs_method = MethodSpecification(
+    config=sahs_trainer_config(),
+    description="SAHS: semantic-aware hyper-space deformable NeRF talking heads (expression or audio driven)",
+)

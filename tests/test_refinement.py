@@ -1,0 +1,300 @@
+"""Stage II refiner: shapes, training, resume, refining, evaluation, errors and the CLI (tiny, CPU)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from sahs_nerfstudio.refinement import (
+    RefinementError,
+    RefinerNetwork,
+    RefinerNetworkConfig,
+    RefinerTrainConfig,
+    evaluate_refiner,
+    find_latest_checkpoint,
+    load_refiner,
+    lr_factor,
+    pad_to_stride,
+    read_checkpoint,
+    refine_frames,
+    render_stage_one,
+    train_refiner,
+)
+from sahs_nerfstudio.scripts import refine as refine_cli
+
+torch.set_num_threads(1)
+
+SMALL = RefinerNetworkConfig(channels=(8, 16, 32), spade_hidden=16)
+H, W = 24, 32
+
+
+def _config(**kwargs) -> RefinerTrainConfig:
+    base = RefinerTrainConfig(network=SMALL, epochs=2, decay_epochs=1, lr=2e-3, num_workers=0, device="cpu")
+    return replace(base, **kwargs)
+
+
+def _smooth_image(rng: np.random.Generator, h: int = H, w: int = W) -> np.ndarray:
+    coarse = torch.from_numpy(rng.random((1, 3, 3, 4), dtype=np.float32))
+    img = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False)[0]
+    yy = torch.linspace(0, 6.28, h)[:, None]
+    xx = torch.linspace(0, 6.28, w)[None, :]
+    img = img + 0.15 * torch.sin(3 * xx + 2 * yy)[None]
+    return (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def _degrade(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A fake Stage-I render: blurred, darkened, noisy ground truth (something to learn)."""
+    x = torch.from_numpy(gt).permute(2, 0, 1)[None].float() / 255
+    x = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    x = 0.8 * x + 0.05 + 0.03 * torch.from_numpy(rng.standard_normal(x.shape).astype(np.float32))
+    return (x[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def make_pairs(root: Path, n: int = 6, h: int = H, w: int = W, seed: int = 0) -> tuple[Path, Path]:
+    rng = np.random.default_rng(seed)
+    renders, gts = root / "renders", root / "gt"
+    renders.mkdir(parents=True, exist_ok=True)
+    gts.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        gt = _smooth_image(rng, h, w)
+        Image.fromarray(gt).save(gts / f"{i}.png")
+        Image.fromarray(_degrade(gt, rng)).save(renders / f"{i}.png")
+    return renders, gts
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) / 255 - b.astype(np.float64) / 255) ** 2)
+    return float(10 * np.log10(1.0 / mse))
+
+
+# ----------------------------------------------------------------------------------------------
+# Network
+
+
+@pytest.mark.parametrize("audio", [False, True], ids=["identity", "audio"])
+@pytest.mark.parametrize("size", [(64, 64), (48, 80), (37, 53), (20, 30), (5, 7)])
+def test_output_has_input_size(size: tuple[int, int], audio: bool) -> None:
+    net = RefinerNetwork(replace(SMALL, audio=audio)).eval()
+    render = torch.rand(2, 3, *size)
+    identity = torch.rand(1, 3, 29, 41)  # any identity photo size
+    windows = torch.randn(2, 16, 29) if audio else None
+    with torch.no_grad():
+        out = net(render, identity, windows)
+    assert out.shape == render.shape
+    assert out.min() >= 0 and out.max() <= 1
+
+
+@pytest.mark.parametrize("mode", ["concat", "replace"])
+def test_audio_code_changes_output(mode: str) -> None:
+    net = RefinerNetwork(replace(SMALL, audio=True, audio_mode=mode)).eval()
+    render, identity = torch.rand(1, 3, 24, 32), torch.rand(1, 3, 24, 32)
+    with torch.no_grad():
+        a = net(render, identity, torch.randn(1, 16, 29), clamp=False)
+        b = net(render, identity, torch.randn(1, 16, 29), clamp=False)
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="audio"):
+        net(render, identity, None)
+
+
+def test_identity_features_match_block_scales() -> None:
+    net = RefinerNetwork(SMALL)
+    feats = net.encode_identity(torch.rand(1, 3, 64, 48))
+    assert [tuple(f.shape[1:]) for f in feats] == [(8, 32, 24), (16, 16, 12), (32, 8, 6)]
+
+
+def test_pad_to_stride() -> None:
+    x, h, w = pad_to_stride(torch.rand(1, 3, 37, 53))
+    assert (h, w) == (37, 53) and x.shape[-2:] == (40, 56)
+    x, _, _ = pad_to_stride(torch.rand(1, 3, 5, 7))  # too small to reflect: replicate, at least 16
+    assert x.shape[-2:] == (16, 16)
+    x0 = torch.rand(1, 3, 16, 24)
+    assert pad_to_stride(x0)[0] is x0
+
+
+def test_published_defaults() -> None:
+    cfg = RefinerTrainConfig()
+    assert cfg.network.channels == (64, 128, 256) and cfg.network.spade_hidden == 128
+    assert cfg.lr == 1e-4 and cfg.betas == (0.0, 0.999) and cfg.batch_size == 1
+    assert cfg.total_epochs == 2 * cfg.epochs
+    assert lr_factor(0, 3, 3) == 1.0 and lr_factor(2, 3, 3) == 1.0
+    assert lr_factor(3, 3, 3) == pytest.approx(0.75) and lr_factor(5, 3, 3) == pytest.approx(0.25)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training, resume, refine, eval
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("refine")
+    renders, gts = make_pairs(root / "train", n=6)
+    result = train_refiner(renders, gts, root / "out", _config(epochs=4, decay_epochs=2), show_progress=False)
+    return {"root": root, "renders": renders, "gts": gts, "result": result}
+
+
+def test_training_lowers_loss(trained: dict) -> None:
+    losses = trained["result"].epoch_losses
+    assert len(losses) == 6
+    assert losses[-1] < 0.5 * losses[0], losses
+    out = trained["root"] / "out"
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert log[-1]["lr"] == pytest.approx(2e-3 / 3)
+    # only the latest checkpoint is kept, and no temporary files are left behind
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["epoch-0006.ckpt"]
+
+
+def test_resume_continues_from_saved_epoch(tmp_path: Path) -> None:
+    renders, gts = make_pairs(tmp_path / "data", n=3)
+    full = train_refiner(renders, gts, tmp_path / "full", _config(), show_progress=False)
+    # "interrupted" after the two constant-lr epochs, then resumed with the full schedule
+    first = train_refiner(renders, gts, tmp_path / "resumed", _config(decay_epochs=0), show_progress=False)
+    assert first.epochs_run == 2 and find_latest_checkpoint(tmp_path / "resumed").name == "epoch-0002.ckpt"
+    second = train_refiner(renders, gts, tmp_path / "resumed", _config(), show_progress=False)
+    assert second.start_epoch == 2 and second.epochs_run == 1
+    assert second.epoch_losses == pytest.approx(full.epoch_losses, rel=1e-5)
+    a, b = read_checkpoint(full.checkpoint)["model"], read_checkpoint(second.checkpoint)["model"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # already done: nothing to run
+    again = train_refiner(renders, gts, tmp_path / "resumed", _config(), show_progress=False)
+    assert again.epochs_run == 0
+    # resuming with another architecture is refused with a clear message
+    with pytest.raises(RefinementError, match="network config"):
+        train_refiner(renders, gts, tmp_path / "resumed", _config(network=RefinerNetworkConfig()), show_progress=False)
+
+
+def test_refine_writes_frames_and_video(trained: dict, tmp_path: Path) -> None:
+    ckpt = trained["result"].checkpoint
+    out_dir, video = tmp_path / "refined", tmp_path / "refined.mp4"
+    written = refine_frames(ckpt, trained["renders"], out_dir, video=video, fps=10, device="cpu", show_progress=False)
+    assert [p.name for p in written] == [f"{i}.png" for i in range(6)]
+    for path in written:
+        assert np.asarray(Image.open(path)).shape == (H, W, 3)
+    with av.open(str(video)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 6 and frames[0].shape == (H, W, 3)
+    # an mp4 as input (frames named by index)
+    from_video = refine_frames(ckpt, video, tmp_path / "from_video", device="cpu", show_progress=False)
+    assert [p.name for p in from_video] == [f"{i:05d}.png" for i in range(6)]
+
+
+def test_eval_json(trained: dict, tmp_path: Path) -> None:
+    ckpt = trained["result"].checkpoint
+    out_json = tmp_path / "metrics.json"
+    report = evaluate_refiner(
+        ckpt, trained["renders"], trained["gts"], out_json, device="cpu", lpips=False, show_progress=False
+    )
+    saved = json.loads(out_json.read_text())
+    assert saved == report
+    assert saved["method_name"] == "sahs-refine" and saved["checkpoint"] == str(ckpt)
+    assert saved["experiment_name"] == "out"
+    results = saved["results"]
+    assert {"psnr_before", "psnr_after", "ssim_before", "ssim_after", "num_images"} <= set(results)
+    assert results["num_images"] == 6
+    refined = refine_frames(ckpt, trained["renders"], tmp_path / "refined", device="cpu", show_progress=False)
+    before, after = [], []
+    for i, path in enumerate(refined):
+        gt = np.asarray(Image.open(trained["gts"] / f"{i}.png"))
+        before.append(_psnr(np.asarray(Image.open(trained["renders"] / f"{i}.png")), gt))
+        after.append(_psnr(np.asarray(Image.open(path)), gt))
+    assert results["psnr_before"] == pytest.approx(np.mean(before), abs=1e-3)
+    assert results["psnr_after"] == pytest.approx(np.mean(after), abs=1e-3)
+    assert -1 <= results["ssim_after"] <= 1
+
+
+def test_lpips_is_skipped_with_one_message_when_weights_are_absent(trained: dict, monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "no_hub"))
+    report = evaluate_refiner(
+        trained["result"].checkpoint, trained["renders"], trained["gts"], device="cpu", show_progress=False
+    )
+    assert "lpips_before" not in report["results"]
+    assert "AlexNet" in report["lpips_skipped"] and "no_hub" in report["lpips_skipped"]
+
+
+def test_audio_variant_trains_and_refines(tmp_path: Path) -> None:
+    renders, gts = make_pairs(tmp_path / "data", n=3)
+    aud = tmp_path / "aud.npy"
+    np.save(aud, np.random.default_rng(0).standard_normal((5, 16, 29)).astype(np.float32))
+    cfg = _config(network=replace(SMALL, audio=True), epochs=1, decay_epochs=0)
+    result = train_refiner(renders, gts, tmp_path / "out", cfg, audio=aud, show_progress=False)
+    written = refine_frames(result.checkpoint, renders, tmp_path / "r", audio=aud, device="cpu", show_progress=False)
+    assert len(written) == 3
+    with pytest.raises(RefinementError, match="audio"):
+        refine_frames(result.checkpoint, renders, tmp_path / "r2", device="cpu", show_progress=False)
+    per_frame = tmp_path / "per_frame.npy"  # per-frame features [N, C] are windowed on the fly
+    np.save(per_frame, np.zeros((2, 29), dtype=np.float32))
+    with pytest.raises(RefinementError, match="row 2"):
+        refine_frames(result.checkpoint, renders, tmp_path / "r3", audio=per_frame, device="cpu", show_progress=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_bad_inputs_give_clear_errors(tmp_path: Path, trained: dict) -> None:
+    renders, gts = make_pairs(tmp_path / "data", n=2)
+    cfg = _config(epochs=1, decay_epochs=0)
+    with pytest.raises(RefinementError, match=r"renders: folder .*missing does not exist"):
+        train_refiner(tmp_path / "missing", gts, tmp_path / "o", cfg, show_progress=False)
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(renders / "extra.png")
+    with pytest.raises(RefinementError, match=r"name mismatch: 1 of 3 renders .*extra\.png"):
+        train_refiner(renders, gts, tmp_path / "o", cfg, show_progress=False)
+    Image.fromarray(np.zeros((H + 2, W, 3), np.uint8)).save(gts / "extra.png")
+    with pytest.raises(RefinementError, match=r"size mismatch: .*extra\.png is 32x24 but .*extra\.png is 32x26"):
+        train_refiner(renders, gts, tmp_path / "o", cfg, show_progress=False)
+    bogus = tmp_path / "bogus.ckpt"
+    torch.save({"weights": torch.zeros(1)}, bogus)
+    with pytest.raises(RefinementError, match=r"bogus\.ckpt is not a refiner checkpoint"):
+        load_refiner(bogus)
+    (tmp_path / "text.ckpt").write_text("hello")
+    with pytest.raises(RefinementError, match="not a refiner checkpoint"):
+        load_refiner(tmp_path / "text.ckpt")
+    with pytest.raises(RefinementError, match="input: .*nothing does not exist"):
+        refine_frames(trained["result"].checkpoint, tmp_path / "nothing", tmp_path / "o2", show_progress=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+def test_cli_train_render_eval(tmp_path: Path, capsys) -> None:
+    renders, gts = make_pairs(tmp_path / "data", n=2)
+    out = tmp_path / "run"
+    common = ["--network.channels", "8", "16", "32", "--network.spade-hidden", "16", "--num-workers", "0"]
+    args = ["train", "--renders", str(renders), "--ground-truth", str(gts), "--output", str(out), "--epochs", "1"]
+    assert refine_cli.main([*args, *common, "--device", "cpu", "--no-progress"]) == 0
+    ckpt = out / "checkpoints" / "epoch-0002.ckpt"
+    assert ckpt.is_file()
+    video = tmp_path / "v.mp4"
+    args = ["render", "--checkpoint", str(ckpt), "--input", str(renders), "--output", str(tmp_path / "r")]
+    assert refine_cli.main([*args, "--video", str(video), "--fps", "25", "--device", "cpu", "--no-progress"]) == 0
+    assert video.is_file() and len(list((tmp_path / "r").glob("*.png"))) == 2
+    metrics = tmp_path / "m.json"
+    args = ["eval", "--checkpoint", str(ckpt), "--renders", str(renders), "--ground-truth", str(gts)]
+    assert refine_cli.main([*args, "--output", str(metrics), "--no-lpips", "--device", "cpu", "--no-progress"]) == 0
+    assert "psnr_after" in json.loads(metrics.read_text())["results"]
+    capsys.readouterr()
+    # a bad checkpoint: exit code 2 and one clear line
+    (tmp_path / "x.ckpt").write_text("not a checkpoint")
+    args = ["eval", "--checkpoint", str(tmp_path / "x.ckpt"), "--renders", str(renders), "--ground-truth", str(gts)]
+    assert refine_cli.main([*args, "--output", str(metrics), "--no-progress"]) == 2
+    err = capsys.readouterr().out.strip()
+    assert err.startswith("error:") and "x.ckpt is not a refiner checkpoint" in err and "\n" not in err
+
+
+def test_render_stage_one_reuses_renders_on_disk(tmp_path: Path) -> None:
+    renders, gts = make_pairs(tmp_path / "stage1" / "train", n=2)
+    (renders.parent / "manifest.json").write_text(json.dumps({"names": ["0", "1"]}))
+    # the config file does not even exist: reuse must not load the nerfstudio pipeline
+    assert render_stage_one(tmp_path / "no-config.yml", "train", renders.parent) == (renders, gts)
+    (renders / "1.png").unlink()
+    with pytest.raises(RefinementError, match="load-config: file .*no-config.yml does not exist"):
+        render_stage_one(tmp_path / "no-config.yml", "train", renders.parent)
