@@ -37,11 +37,29 @@ CPU_FIELD: Dict[str, object] = {
 }
 CPU_MODEL: Dict[str, object] = {"num_coarse_samples": 32, "num_importance_samples": 32}
 
+# Smallest sizes that still learn the synthetic subject: for tests and smoke runs only.
+TINY_FIELD: Dict[str, object] = {
+    **CPU_FIELD,
+    "warp_width": 32,
+    "hyper_width": 16,
+    "canonical_depth": 3,
+    "canonical_width": 64,
+    "canonical_skips": (2,),
+    "colour_width": 32,
+    "semantic_width": 32,
+    "grid_resolution": 16,
+    "grid_channels": 8,
+    "position_frequencies": 6,
+}
+TINY_MODEL: Dict[str, object] = {"num_coarse_samples": 16, "num_importance_samples": 16}
 
-def cpu_model_config(**model_overrides) -> SAHSModelConfig:
+
+def cpu_model_config(field: Dict[str, object] | None = None, **model_overrides) -> SAHSModelConfig:
+    """The SAHS model with CPU-sized fields (``field`` replaces :data:`CPU_FIELD`)."""
+    sizes = CPU_FIELD if field is None else field
     return SAHSModelConfig(
-        audio_field=SAHSFieldConfig.for_driver("audio", **CPU_FIELD),  # type: ignore[arg-type]
-        expression_field=SAHSFieldConfig.for_driver("expression", **CPU_FIELD),  # type: ignore[arg-type]
+        audio_field=SAHSFieldConfig.for_driver("audio", **sizes),  # type: ignore[arg-type]
+        expression_field=SAHSFieldConfig.for_driver("expression", **sizes),  # type: ignore[arg-type]
         **{**CPU_MODEL, **model_overrides},  # type: ignore[arg-type]
     )
 
@@ -52,6 +70,7 @@ def cpu_trainer_config(
     rays: int = 1024,
     output_dir: Path = Path("outputs"),
     lr: float = 2e-3,
+    field: Dict[str, object] | None = None,
     **model_overrides,
 ) -> TrainerConfig:
     """``sahs`` sized for 2 CPU cores: about 0.3 s a step at 1024 rays on the 128x128 subject."""
@@ -61,7 +80,7 @@ def cpu_trainer_config(
     config.pipeline.datamanager.train_num_rays_per_batch = rays
     config.pipeline.datamanager.eval_num_rays_per_batch = rays
     config.pipeline.model = cpu_model_config(
-        audio_attention_start_step=steps // 2, eval_num_rays_per_chunk=8192, **model_overrides
+        field, **{"audio_attention_start_step": steps // 2, "eval_num_rays_per_chunk": 8192, **model_overrides}
     )
     config.machine.device_type = "cpu"
     config.max_num_iterations = steps
@@ -91,3 +110,84 @@ def cpu_flags() -> List[str]:
     for key, value in CPU_MODEL.items():
         flags.append(f"--pipeline.model.{key.replace('_', '-')} {value}")
     return flags
+
+
+def tiny_trainer_config(data: Path, steps: int = 300, rays: int = 256, output_dir: Path = Path("outputs"), **kw):
+    """Test-sized ``sahs``: seconds per hundred steps on a 40x40 subject."""
+    overrides = {**TINY_MODEL, **kw}
+    return cpu_trainer_config(data, steps=steps, rays=rays, output_dir=output_dir, field=TINY_FIELD, **overrides)
+
+
+# ----------------------------------------------------------------------------------------------
+# sahs-fast on a CPU: torch hash grids, one proposal level, fewer samples.
+
+FAST_CPU_FIELD: Dict[str, object] = {
+    "implementation": "torch",
+    "num_levels": 12,
+    "max_res": 512,
+    "log2_hashmap_size": 15,
+    "plane_resolutions": (16, 32, 64),
+    "plane_channels": 2,
+    "deform_num_levels": 4,
+    "deform_max_res": 64,
+    "deform_log2_hashmap_size": 12,
+    "semantic_width": 32,
+}
+FAST_CPU_MODEL: Dict[str, object] = {
+    "implementation": "torch",
+    "num_proposal_iterations": 1,
+    "num_proposal_samples_per_ray": (48,),
+    "num_nerf_samples_per_ray": 24,
+    "proposal_net_args_list": [
+        {"hidden_dim": 16, "log2_hashmap_size": 14, "num_levels": 5, "max_res": 128, "use_linear": False}
+    ],
+    "proposal_warmup": 500,
+    "proposal_weights_anneal_max_num_iters": 200,
+}
+
+
+def fast_cpu_model_config(field: Dict[str, object] | None = None, **model_overrides):
+    """The ``sahs-fast`` model with CPU-sized grids (``field`` entries override :data:`FAST_CPU_FIELD`)."""
+    from sahs_nerfstudio.fields.fast_field import SAHSFastFieldConfig
+    from sahs_nerfstudio.models.sahs_fast_model import SAHSFastModelConfig
+
+    sizes = {**FAST_CPU_FIELD, **(field or {})}
+    return SAHSFastModelConfig(
+        audio_field=SAHSFastFieldConfig.for_driver("audio", **sizes),  # type: ignore[arg-type]
+        expression_field=SAHSFastFieldConfig.for_driver("expression", **sizes),  # type: ignore[arg-type]
+        **{**FAST_CPU_MODEL, **model_overrides},  # type: ignore[arg-type]
+    )
+
+
+def fast_cpu_trainer_config(
+    data: Path,
+    steps: int = 2000,
+    rays: int = 1024,
+    output_dir: Path = Path("outputs"),
+    lr: float = 1e-2,
+    field: Dict[str, object] | None = None,
+    **model_overrides,
+) -> TrainerConfig:
+    """``sahs-fast`` sized for 2 CPU cores (torch grids, one proposal level of 48 samples, 24 field samples)."""
+    from sahs_nerfstudio.sahs_config import fast_optimizers, sahs_fast_trainer_config
+
+    config = sahs_fast_trainer_config()
+    config.pipeline.datamanager.data = data
+    config.pipeline.datamanager.dataparser.data = data
+    config.pipeline.datamanager.train_num_rays_per_batch = rays
+    config.pipeline.datamanager.eval_num_rays_per_batch = rays
+    config.pipeline.model = fast_cpu_model_config(
+        field, **{"audio_attention_start_step": steps // 2, "eval_num_rays_per_chunk": 8192, **model_overrides}
+    )
+    config.machine.device_type = "cpu"
+    config.max_num_iterations = steps
+    config.steps_per_save = max(steps // 4, 1)
+    config.steps_per_eval_batch = steps + 1
+    config.steps_per_eval_image = steps + 1
+    config.steps_per_eval_all_images = steps + 1
+    config.vis = "tensorboard"
+    config.viewer = replace(config.viewer, quit_on_train_completion=True, num_rays_per_chunk=8192)
+    config.output_dir = output_dir
+    config.save_only_latest_checkpoint = True
+    config.optimizers = fast_optimizers(lr, steps)
+    return config

@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from nerfstudio.configs.base_config import ViewerConfig
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.engine.trainer import TrainerConfig
-from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from sahs_nerfstudio.data.sahs_dataparser import SAHSDataParserConfig
 from sahs_nerfstudio.data.sahs_dataset import SAHSDataset
 from sahs_nerfstudio.models.sahs_model import SAHSModelConfig
+from sahs_nerfstudio.pipeline import SAHSPipelineConfig
 from sahs_nerfstudio.utils.checkpoints import allow_nerfstudio_checkpoints
+from sahs_nerfstudio.utils.distributed import enable_cpu_distributed_training
 
 # nerfstudio imports this module for every ns-* command: make its checkpoints loadable under torch 2.6+.
 allow_nerfstudio_checkpoints()
+
+
+@dataclass
+class SAHSTrainerConfig(TrainerConfig):
+    """nerfstudio's TrainerConfig; ``ns-train`` also gets CPU multi-process training (gloo)."""
+
+    def set_timestamp(self) -> None:
+        # ns-train calls this just before launching, when its launcher module is fully imported (this
+        # module is imported while it is still loading, so it cannot be patched at import time).
+        enable_cpu_distributed_training()
+        super().set_timestamp()
 from sahs_nerfstudio.samplers.semantic_sampler import SemanticPixelSamplerConfig
 
 PUBLISHED_STEPS = 500_000
@@ -32,14 +46,14 @@ def _adam(lr: float, max_steps: int = PUBLISHED_STEPS) -> dict:
 
 def sahs_trainer_config() -> TrainerConfig:
     """The faithful method: 500k steps of 2048 rays, Adam 5e-4 decaying by 10x every 250k steps."""
-    return TrainerConfig(
+    return SAHSTrainerConfig(
         method_name="sahs",
         steps_per_eval_batch=500,
         steps_per_eval_image=2500,
         steps_per_save=5000,
         max_num_iterations=PUBLISHED_STEPS,
         mixed_precision=False,
-        pipeline=VanillaPipelineConfig(
+        pipeline=SAHSPipelineConfig(
             datamanager=VanillaDataManagerConfig(
                 _target=VanillaDataManager[SAHSDataset],
                 dataparser=SAHSDataParserConfig(),
@@ -63,4 +77,60 @@ def sahs_trainer_config() -> TrainerConfig:
 sahs_method = MethodSpecification(
     config=sahs_trainer_config(),
     description="SAHS: semantic-aware hyper-space deformable NeRF talking heads (expression or audio driven)",
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# sahs-fast: the same model code on hash grids with proposal sampling.
+
+FAST_STEPS = 40_000
+
+
+def fast_optimizers(lr: float = 1e-2, steps: int = FAST_STEPS, audio_lr: float = 1e-3) -> dict:
+    """Adam for grids (eps 1e-15, as nerfacto), decaying to lr / 30 over ``steps``; the audio nets slower."""
+
+    def adam(rate: float) -> dict:
+        return {
+            "optimizer": AdamOptimizerConfig(lr=rate, eps=1e-15),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=rate / 30.0, max_steps=steps),
+        }
+
+    return {
+        "fields": adam(lr),
+        "proposal_networks": adam(lr),
+        "audio_net": adam(audio_lr),
+        "audio_attention": adam(audio_lr * 5),
+    }
+
+
+def sahs_fast_trainer_config() -> TrainerConfig:
+    """``sahs-fast`` for 512x512 talking-head video on one GPU: 40k steps of 4096 rays (tcnn when installed)."""
+    from sahs_nerfstudio.models.sahs_fast_model import SAHSFastModelConfig
+
+    return SAHSTrainerConfig(
+        method_name="sahs-fast",
+        steps_per_eval_batch=500,
+        steps_per_eval_image=2000,
+        steps_per_save=2000,
+        max_num_iterations=FAST_STEPS,
+        mixed_precision=False,
+        pipeline=SAHSPipelineConfig(
+            datamanager=VanillaDataManagerConfig(
+                _target=VanillaDataManager[SAHSDataset],
+                dataparser=SAHSDataParserConfig(),
+                pixel_sampler=SemanticPixelSamplerConfig(),
+                train_num_rays_per_batch=4096,
+                eval_num_rays_per_batch=4096,
+            ),
+            model=SAHSFastModelConfig(eval_num_rays_per_chunk=1 << 15),
+        ),
+        optimizers=fast_optimizers(),
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 15, websocket_host="127.0.0.1"),
+        vis="viewer",
+    )
+
+
+sahs_fast_method = MethodSpecification(
+    config=sahs_fast_trainer_config(),
+    description="SAHS on hash grids with proposal sampling (fast training and rendering)",
 )

@@ -23,7 +23,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from jaxtyping import Float
 
 from sahs_nerfstudio.data.formats import FormatError
 
@@ -40,7 +39,7 @@ _TOP_DB = 80.0
 _STD_FLOOR_DB = 1.0
 
 
-def load_wav(path: Path | str) -> tuple[Float[np.ndarray, " T"], int]:
+def load_wav(path: Path | str) -> tuple[np.ndarray, int]:
     """Mono float32 samples and the sample rate of an audio file (stereo is averaged).
 
     Raises :class:`FormatError` naming the file when it is missing, unreadable or empty.
@@ -108,7 +107,7 @@ def audio_features(
     num_frames: int | None = None,
     window: int = WINDOW,
     channels: int = CHANNELS,
-) -> Float[np.ndarray, "N W C"]:
+) -> np.ndarray:
     """One ``[window, channels]`` window of normalised log-mel features per video frame.
 
     Args:

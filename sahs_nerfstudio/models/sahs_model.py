@@ -36,6 +36,7 @@ from sahs_nerfstudio.fields.deformation import HyperDeformation
 from sahs_nerfstudio.fields.sahs_field import SAHSField, SAHSFieldConfig
 from sahs_nerfstudio.samplers.semantic_sampler import ClassLossEMA, semantic_sampler_callbacks
 from sahs_nerfstudio.utils.lpips import make_lpips
+from sahs_nerfstudio.viewer.controls import AvatarControls, display_outputs
 
 EPS = 1e-8
 
@@ -107,11 +108,7 @@ class SAHSModel(Model):
             self.collider = NearFarCollider(near_plane=self.near, far_plane=self.far)
 
         self.field_config = self.config.audio_field if self.driver_kind == "audio" else self.config.expression_field
-        aabb = self.scene_box.aabb
-        self.deformation = HyperDeformation(self.field_config)
-        fine_deformation = self.deformation if self.config.share_deformation else HyperDeformation(self.field_config)
-        self.field_coarse = SAHSField(self.field_config, self.deformation, aabb=aabb)
-        self.field_fine = SAHSField(self.field_config, fine_deformation, aabb=aabb)
+        self.build_renderer()
 
         self.audio_encoder: Optional[AudioEncoder] = None
         if self.driver_kind == "audio":
@@ -140,15 +137,24 @@ class SAHSModel(Model):
         # Persistent so a loaded checkpoint knows whether AudioAttNet smoothing was switched on.
         self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))
 
-        self.sampler_uniform = UniformSampler(num_samples=self.config.num_coarse_samples)
-        self.sampler_pdf = PDFSampler(num_samples=self.config.num_importance_samples)
-
         self.lpips = make_lpips()
         # Per-class loss of the latest training batch, read by the semantic ray sampler.
         self.register_buffer("class_loss_sum", torch.zeros(NUM_CLASSES), persistent=False)
         self.register_buffer("class_loss_count", torch.zeros(NUM_CLASSES), persistent=False)
         # The sampler's moving average of those losses: persistent, so a resumed run keeps its probabilities.
         self.sampler_stats = ClassLossEMA(NUM_CLASSES)
+        # The viewer's "SAHS avatar" panel (no parameters; consulted only by cameras without a code).
+        self.avatar = AvatarControls.for_model(self)
+
+    def build_renderer(self) -> None:
+        """The fields and ray samplers (coarse + fine here; ``sahs-fast`` builds a grid field + proposals)."""
+        aabb = self.scene_box.aabb
+        self.deformation = HyperDeformation(self.field_config)
+        fine_deformation = self.deformation if self.config.share_deformation else HyperDeformation(self.field_config)
+        self.field_coarse = SAHSField(self.field_config, self.deformation, aabb=aabb)
+        self.field_fine = SAHSField(self.field_config, fine_deformation, aabb=aabb)
+        self.sampler_uniform = UniformSampler(num_samples=self.config.num_coarse_samples)
+        self.sampler_pdf = PDFSampler(num_samples=self.config.num_importance_samples)
 
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         groups: Dict[str, List[Parameter]] = {}
@@ -302,9 +308,10 @@ class SAHSModel(Model):
             times=cams.times,
             metadata=new_meta,
         )
-        return self.get_outputs_for_camera_ray_bundle(
+        outputs = self.get_outputs_for_camera_ray_bundle(
             render_cam.generate_rays(camera_indices=0, keep_shape=True, obb_box=obb_box)
         )
+        return display_outputs(outputs)
 
     def driving_code_for_camera(self, cams: Cameras, meta: Dict[str, Tensor]) -> Float[Tensor, "1 code"]:
         """The code of a dataset camera, or of the training frame nearest the camera's time."""
@@ -314,11 +321,17 @@ class SAHSModel(Model):
         if "driver" in meta:
             audio_index = meta.get("audio_index")
             return self.encode_driver(meta["driver"].to(device), None if audio_index is None else audio_index.to(device))
+        avatar = getattr(self, "avatar", None)
+        code = None if avatar is None else avatar.driving_code(self)
+        if code is not None:
+            return code
         frame = self.frame_for_time(None if cams.times is None else float(cams.times.flatten()[0]))
         return self.encode_driver(self.train_drivers[frame : frame + 1], self.train_audio_index[frame : frame + 1])
 
     def pose_for_camera(self, cams: Cameras) -> Float[Tensor, "1 6"]:
-        return pose_code(cams.camera_to_worlds.to(self.device))
+        pose = pose_code(cams.camera_to_worlds.to(self.device))
+        avatar = getattr(self, "avatar", None)
+        return pose if avatar is None else avatar.pose(pose)
 
     def frame_for_time(self, time: Optional[float]) -> int:
         n = self.train_drivers.shape[0]
@@ -331,17 +344,18 @@ class SAHSModel(Model):
 
     def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
         image = batch["image"].to(self.device)[..., :3]
-        return {
-            "psnr": psnr(outputs["rgb"], image),
-            "psnr_coarse": psnr(outputs["rgb_coarse"], image),
-        }
+        metrics = {"psnr": psnr(outputs["rgb"].detach(), image)}
+        if "rgb_coarse" in outputs:
+            metrics["psnr_coarse"] = psnr(outputs["rgb_coarse"].detach(), image)
+        return metrics
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         image = batch["image"].to(self.device)[..., :3]
         labels = batch["semantics"].to(self.device).long().view(-1) if "semantics" in batch else None
         losses: Dict[str, Tensor] = {}
         per_ray = torch.zeros(image.shape[0], device=self.device)
-        for suffix in ("_coarse", ""):
+        # Every rendered level (coarse and fine; sahs-fast renders one level).
+        for suffix in [s for s in ("_coarse", "") if "rgb" + s in outputs]:
             se = ((outputs["rgb" + suffix] - image) ** 2).mean(dim=-1)
             per_ray = per_ray + se.detach()
             losses["rgb_loss" + suffix] = se.mean()
@@ -372,7 +386,9 @@ class SAHSModel(Model):
     ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
         image = batch["image"].to(self.device)[..., :3]
         rgb = outputs["rgb"]
-        metrics: Dict[str, float] = {"psnr": float(psnr(rgb, image)), "psnr_coarse": float(psnr(outputs["rgb_coarse"], image))}
+        metrics: Dict[str, float] = {"psnr": float(psnr(rgb, image))}
+        if "rgb_coarse" in outputs:
+            metrics["psnr_coarse"] = float(psnr(outputs["rgb_coarse"], image))
         pred_nchw, gt_nchw = rgb.permute(2, 0, 1)[None], image.permute(2, 0, 1)[None]
         metrics["ssim"] = float(structural_similarity_index_measure(pred_nchw, gt_nchw, data_range=1.0))  # type: ignore[arg-type]
         if self.lpips is not None:

@@ -91,7 +91,8 @@ def print_summary(summary: SubjectSummary) -> None:
     console.print(classes)
     console.print(
         f"{summary.width}x{summary.height} pixels, {summary.num_frames} frames "
-        f"({summary.num_train} train + {summary.num_test} held-out: frames {summary.held_out[0]}..{summary.held_out[-1]}, "
+        f"({summary.num_train} train + {summary.num_test} held-out: "
+        f"frames {summary.held_out[0]}..{summary.held_out[-1]}, "
         f"{summary.novel_fraction:.0%} of them novel expression combinations), {summary.seconds:.1f} s"
     )
     for note in summary.notes():

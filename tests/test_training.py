@@ -1,0 +1,230 @@
+"""``sahs`` end to end on the synthetic subject: learning, driving, checkpoints, nerfstudio CLIs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from nerfstudio.scripts.train import train_loop
+from nerfstudio.utils.eval_utils import eval_setup
+
+import sahs_nerfstudio.sahs_config  # noqa: F401  (registers numpy types for checkpoint loading)
+from sahs_nerfstudio.data.semantics import MOUTH_CLASSES
+from sahs_nerfstudio.presets import TINY_FIELD, TINY_MODEL, tiny_trainer_config
+
+STEPS = 400
+
+
+def _train(data: Path, out: Path, steps: int, name: str, **kw):
+    config = tiny_trainer_config(data, steps=steps, output_dir=out, **kw)
+    config.experiment_name = name
+    config.set_timestamp()
+    config.logging.local_writer.enable = False
+    config.save_config()
+    train_loop(local_rank=0, world_size=1, config=config)
+    return config.get_base_dir() / "config.yml"
+
+
+def _held_out_metrics(pipeline) -> dict:
+    model = pipeline.model
+    model.eval()
+    dataset = pipeline.datamanager.eval_dataset
+    sums: dict = {}
+    for i in range(len(dataset)):
+        outputs = model.get_outputs_for_camera(dataset.cameras[i : i + 1])
+        metrics, _ = model.get_image_metrics_and_images(outputs, dataset[i])
+        for k, v in metrics.items():
+            sums.setdefault(k, []).append(v)
+    return {k: sum(v) / len(v) for k, v in sums.items()}
+
+
+@pytest.fixture(scope="module")
+def trained_expression_run(subject_train, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    torch.manual_seed(0)
+    config_path = _train(subject_train / "nerface", out, STEPS, "expr")
+    return config_path
+
+
+def test_training_raises_held_out_psnr_and_learns_semantics(trained_expression_run, subject_train, tmp_path):
+    _, pipeline, _, _ = eval_setup(trained_expression_run, test_mode="test")
+    trained = _held_out_metrics(pipeline)
+    untrained_config = _train(subject_train / "nerface", tmp_path, 1, "untrained")
+    _, untrained_pipeline, _, _ = eval_setup(untrained_config, test_mode="test")
+    untrained = _held_out_metrics(untrained_pipeline)
+    # held-out frames carry novel expression combinations
+    assert trained["psnr"] > untrained["psnr"] + 6.0, (trained, untrained)
+    assert trained["psnr"] > 20.0, trained
+    assert trained["miou"] > 0.35, trained
+    assert trained["miou"] > untrained["miou"] + 0.2
+
+
+def test_driving_code_moves_the_mouth_not_the_background(trained_expression_run):
+    _, pipeline, _, _ = eval_setup(trained_expression_run, test_mode="test")
+    model = pipeline.model
+    model.eval()
+    dataset = pipeline.datamanager.train_dataset
+    drivers = dataset.cameras.metadata["driver"]
+    # the two training frames whose expressions differ most
+    dist = torch.cdist(drivers, drivers)
+    a, b = divmod(int(dist.argmax()), dist.shape[1])
+    cam = dataset.cameras[a : a + 1]
+    renders = []
+    for k in (a, b):
+        cam.metadata = {**cam.metadata, "driver": drivers[k : k + 1]}  # type: ignore[dict-item]
+        renders.append(model.get_outputs_for_camera(cam)["rgb"])
+    diff = (renders[0] - renders[1]).abs().mean(-1)
+    labels = dataset[a]["semantics"][..., 0]
+    mouth = torch.zeros_like(labels, dtype=torch.bool)
+    for cls in MOUTH_CLASSES:
+        mouth |= labels == cls
+    # dilate the mouth a little: an opening jaw moves the lips' surroundings too
+    mouth = torch.nn.functional.max_pool2d(mouth[None, None].float(), 5, 1, 2)[0, 0].bool()
+    background = labels == 0
+    assert mouth.any() and background.any()
+    assert diff[mouth].mean() > 0.03, diff[mouth].mean()
+    assert diff[background].mean() < 0.25 * diff[mouth].mean()
+
+
+def test_audio_driver_trains_and_checkpoint_resumes(subject_train, tmp_path):
+    config_path = _train(subject_train / "adnerf", tmp_path, 30, "audio")
+    _, pipeline, ckpt, step = eval_setup(config_path, test_mode="test")
+    assert pipeline.model.driver_kind == "audio" and step == 29
+    # resume: a second run loading the first one's checkpoints continues from its step
+    config = tiny_trainer_config(subject_train / "adnerf", steps=40, output_dir=tmp_path)
+    config.experiment_name = "audio-resumed"
+    config.set_timestamp()
+    config.load_dir = ckpt.parent
+    config.logging.local_writer.enable = False
+    train_loop(local_rank=0, world_size=1, config=config)
+    saved = sorted((config.get_base_dir() / "nerfstudio_models").glob("*.ckpt"))
+    assert saved and saved[-1].name == "step-000000039.ckpt"
+    state = torch.load(saved[-1], map_location="cpu", weights_only=False)
+    assert int(state["pipeline"]["_model.trained_steps"]) == 39
+
+
+def _ns(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=cwd, env=env)
+
+
+def test_ns_train_cli_then_ns_eval_and_ns_render(subject_train, tmp_path):
+    bindir = Path(sys.executable).parent
+    flags = []
+    for driver in ("expression-field",):
+        for key, value in TINY_FIELD.items():
+            rendered = [str(v) for v in value] if isinstance(value, tuple) else [str(value)]
+            flags += [f"--pipeline.model.{driver}.{key.replace('_', '-')}", *rendered]
+    for key, value in TINY_MODEL.items():
+        flags += [f"--pipeline.model.{key.replace('_', '-')}", str(value)]
+    train = _ns(
+        [
+            str(bindir / "ns-train"),
+            "sahs",
+            "--data",
+            str(subject_train / "nerface"),
+            "--output-dir",
+            str(tmp_path / "outputs"),
+            "--experiment-name",
+            "cli",
+            "--timestamp",
+            "t",
+            "--machine.device-type",
+            "cpu",
+            "--max-num-iterations",
+            "3",
+            "--steps-per-save",
+            "2",
+            "--vis",
+            "tensorboard",
+            "--pipeline.datamanager.train-num-rays-per-batch",
+            "64",
+            *flags,
+        ],
+        tmp_path,
+    )
+    assert train.returncode == 0, train.stderr[-3000:]
+    config = tmp_path / "outputs" / "cli" / "sahs" / "t" / "config.yml"
+    assert config.is_file()
+    # the default dataparser of sahs is sahs-data, and it read the NeRFace layout
+    assert "SAHSDataParserConfig" in config.read_text()
+
+    evaluated = _ns([str(bindir / "ns-eval"), "--load-config", str(config), "--output-path", "eval.json"], tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    results = json.loads((tmp_path / "eval.json").read_text())["results"]
+    for key in ("psnr", "ssim", "mouth_psnr", "miou"):
+        assert key in results
+
+    render = _ns(
+        [
+            str(bindir / "ns-render"),
+            "dataset",
+            "--load-config",
+            str(config),
+            "--split",
+            "test",
+            "--output-path",
+            "renders",
+            "--rendered-output-names",
+            "rgb",
+            "semantics",
+        ],
+        tmp_path,
+    )
+    assert render.returncode == 0, render.stderr[-3000:]
+    frames = sorted((tmp_path / "renders").rglob("*.jpg")) + sorted((tmp_path / "renders").rglob("*.png"))
+    n_test = len(json.loads((subject_train / "nerface" / "transforms_test.json").read_text())["frames"])
+    assert len([f for f in frames if "rgb" in str(f)]) == n_test
+
+
+def test_two_cpu_processes_train_with_gloo(subject_train, tmp_path):
+    """`--machine.num-devices 2` on the CPU: two DDP processes (gloo) train and rank 0 checkpoints."""
+    bindir = Path(sys.executable).parent
+    flags = []
+    for key, value in TINY_FIELD.items():
+        rendered = [str(v) for v in value] if isinstance(value, tuple) else [str(value)]
+        flags += [f"--pipeline.model.expression-field.{key.replace('_', '-')}", *rendered]
+    run = _ns(
+        [
+            str(bindir / "ns-train"),
+            "sahs",
+            "--data",
+            str(subject_train / "nerface"),
+            "--output-dir",
+            str(tmp_path / "outputs"),
+            "--experiment-name",
+            "ddp",
+            "--timestamp",
+            "t",
+            "--machine.device-type",
+            "cpu",
+            "--machine.num-devices",
+            "2",
+            "--max-num-iterations",
+            "4",
+            "--steps-per-save",
+            "2",
+            "--vis",
+            "tensorboard",
+            "--pipeline.datamanager.train-num-rays-per-batch",
+            "64",
+            "--pipeline.model.num-coarse-samples",
+            "8",
+            "--pipeline.model.num-importance-samples",
+            "8",
+            *flags,
+        ],
+        tmp_path,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    ckpts = sorted((tmp_path / "outputs" / "ddp" / "sahs" / "t" / "nerfstudio_models").glob("*.ckpt"))
+    assert ckpts and ckpts[-1].name == "step-000000003.ckpt"
+    state = torch.load(ckpts[-1], map_location="cpu", weights_only=False)["pipeline"]
+    # DDP prefixes parameters with "module."; the semantic sampler's statistics were updated every step
+    assert any(k.startswith("_model.module.") for k in state)
+    assert int(state["_model.module.sampler_stats.num_updates"].max()) == 4
