@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from sahs_nerfstudio.data.formats import ADNERF_AUDIO, FormatError
 from sahs_nerfstudio.data.pose import pose_code
 from sahs_nerfstudio.driving import DrivingSequence, attach_sibling_audio, encode_sequence, load_driver
+from sahs_nerfstudio.models.sahs_model import SAHSModel
 from sahs_nerfstudio.utils.video import VideoInfo, write_video
 
 CameraPath = Literal["dataset", "frame", "orbit"]
@@ -81,8 +82,9 @@ def load_run(
     if config.method_name in all_methods:
         config.pipeline.datamanager._target = all_methods[config.method_name].pipeline.datamanager._target
     if data is not None:
-        config.pipeline.datamanager.data = Path(data)
-        config.pipeline.datamanager.dataparser.data = Path(data)
+        datamanager: Any = config.pipeline.datamanager
+        datamanager.data = Path(data)
+        datamanager.dataparser.data = Path(data)
     config.load_dir = config.get_checkpoint_dir()
     checkpoints = sorted(Path(config.load_dir).glob("step-*.ckpt")) if Path(config.load_dir).is_dir() else []
     if not checkpoints:
@@ -130,9 +132,16 @@ def _check_checkpoint(config: TrainerConfig, pipeline: Pipeline) -> None:
         )
 
 
-def _dataset(pipeline: Pipeline, split: str):
-    datamanager = pipeline.datamanager
-    return datamanager.train_dataset if split == "train" else datamanager.eval_dataset  # type: ignore[attr-defined]
+def _dataset(pipeline: Pipeline, split: str) -> Any:
+    """The loaded split's ``InputDataset`` (the train split, or the evaluation split ``load_run`` asked for)."""
+    datamanager: Any = pipeline.datamanager
+    return datamanager.train_dataset if split == "train" else datamanager.eval_dataset
+
+
+def _model(pipeline: Pipeline) -> SAHSModel:
+    model = pipeline.model
+    assert isinstance(model, SAHSModel), type(model).__name__
+    return model
 
 
 # ----------------------------------------------------------------------------------------------
@@ -153,7 +162,7 @@ def render_split_video(
     """
     _, pipeline, _, _ = load_run(config_path, test_mode="test" if split == "test" else "val")
     dataset = _dataset(pipeline, split)
-    model = pipeline.model
+    model = _model(pipeline)
     model.eval()
     count = len(dataset) if max_frames is None else min(max_frames, len(dataset))
     sums: dict[str, list[float]] = defaultdict(list)
@@ -217,11 +226,12 @@ class DrivenResult:
 
 def split_driver(pipeline: Pipeline, split: str, fps: float = 25.0) -> DrivingSequence:
     """The split's own driving rows (its expressions or audio windows), with its audio when contiguous."""
-    model = pipeline.model
+    model = _model(pipeline)
     dataset = _dataset(pipeline, split)
     meta = dataset.cameras.metadata or {}
     rows = meta["driver"].cpu().numpy().astype(np.float32)
-    data_root = Path(pipeline.datamanager.config.dataparser.data)  # type: ignore[attr-defined]
+    datamanager: Any = pipeline.datamanager
+    data_root = Path(datamanager.config.dataparser.data)
     source = data_root / f"transforms_{split}.json"
     if model.driver_kind != "audio":
         return DrivingSequence("expression", rows, source, "frames[k].expression", fps)
@@ -302,13 +312,13 @@ def render_driven_video(
         _, pipeline, _, _ = load_run(config_path, test_mode="test", data=data)
     else:
         pipeline = loaded[1]
-    model = pipeline.model
+    model = _model(pipeline)
     model.eval()
     dataset = _dataset(pipeline, split)
     num_cameras = len(dataset.cameras)
     if not 0 <= frame < num_cameras:
         raise FormatError(config_path, "frame", f"a camera index 0..{num_cameras - 1} of the {split} split", str(frame))
-    window = tuple(model.audio_window) if model.driver_kind == "audio" else (16, 29)
+    window: tuple[int, ...] = tuple(model.audio_window) if model.driver_kind == "audio" else (16, 29)
     if driver is None:
         seq = split_driver(pipeline, split, fps)
         if audio is not None:

@@ -15,6 +15,7 @@ from sahs_nerfstudio.data.sahs_dataparser import SAHSDataParserConfig
 from sahs_nerfstudio.data.sahs_dataset import SAHSDataset
 from sahs_nerfstudio.models.sahs_model import SAHSModelConfig
 from sahs_nerfstudio.pipeline import SAHSPipelineConfig
+from sahs_nerfstudio.samplers.semantic_sampler import SemanticPixelSamplerConfig
 from sahs_nerfstudio.utils.checkpoints import allow_nerfstudio_checkpoints
 from sahs_nerfstudio.utils.distributed import enable_cpu_distributed_training
 
@@ -31,7 +32,7 @@ class SAHSTrainerConfig(TrainerConfig):
         # module is imported while it is still loading, so it cannot be patched at import time).
         enable_cpu_distributed_training()
         super().set_timestamp()
-from sahs_nerfstudio.samplers.semantic_sampler import SemanticPixelSamplerConfig
+
 
 PUBLISHED_STEPS = 500_000
 

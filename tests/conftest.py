@@ -32,3 +32,47 @@ def subject_copy(subject_nonsquare, tmp_path) -> Path:
     dst = tmp_path / "subject"
     shutil.copytree(subject_nonsquare, dst)
     return dst
+
+
+# ------------------------------------------------------------------------------------------------
+# Tiny trained runs (driving, rendering and viewer tests): plumbing, not quality.
+
+
+def _train_tiny_run(root: Path, layout: str, steps: int = 40) -> Path:
+    """Train ``sahs`` for a few steps on ``root/layout`` with test-sized fields; return its config.yml."""
+    from nerfstudio.scripts.train import train_loop
+
+    from sahs_nerfstudio import presets
+
+    data = root / layout
+    output = root / "outputs"
+    make = getattr(presets, "tiny_trainer_config", None)
+    if make is not None:
+        config = make(data, steps=steps, rays=128, output_dir=output)
+    else:
+        config = presets.cpu_trainer_config(data, steps=steps, rays=128, output_dir=output)
+    config.experiment_name = f"tiny-{layout}"
+    config.set_timestamp()
+    config.save_config()
+    train_loop(local_rank=0, world_size=1, config=config)
+    return config.get_base_dir() / "config.yml"
+
+
+@pytest.fixture(scope="session")
+def tiny_subject(tmp_path_factory) -> Path:
+    """A 32x32 subject with 30 training frames, both layouts (NeRFace: 3 test frames)."""
+    root = tmp_path_factory.mktemp("tiny_subject")
+    generate_subject(SyntheticConfig(output=root, resolution=32, num_train=30, num_val=2, seed=1))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run_expression(tiny_subject) -> Path:
+    """config.yml of an expression-driven (NeRFace layout) run trained for 40 steps on ``tiny_subject``."""
+    return _train_tiny_run(tiny_subject, "nerface")
+
+
+@pytest.fixture(scope="session")
+def tiny_run_audio(tiny_subject) -> Path:
+    """config.yml of an audio-driven (AD-NeRF layout) run trained for 40 steps on ``tiny_subject``."""
+    return _train_tiny_run(tiny_subject, "adnerf")

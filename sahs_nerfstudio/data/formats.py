@@ -204,7 +204,7 @@ def read_nerface_split(root: Path, split: str) -> NeRFaceSplit:
         if bbox is not None:
             if not (isinstance(bbox, list) and len(bbox) == 4):
                 raise FormatError(path, f"{where}bbox", "[h_min, h_max, w_min, w_max]", repr(bbox)[:60])
-            bbox = tuple(float(v) for v in bbox)
+            bbox = (float(bbox[0]), float(bbox[1]), float(bbox[2]), float(bbox[3]))
         frames.append(NeRFaceFrame(file_path=file_path, transform_matrix=matrix, expression=expr, bbox=bbox))
     return NeRFaceSplit(
         camera_angle_x=float(meta.get("camera_angle_x", 0.0)),
@@ -309,7 +309,7 @@ def read_adnerf_transforms(path: Path) -> ADNeRFSplit:
         if rect is not None:
             if not (isinstance(rect, list) and len(rect) == 4):
                 raise FormatError(path, f"{where}face_rect", "[x, y, w, h] in pixels", repr(rect)[:60])
-            rect = tuple(int(v) for v in rect)
+            rect = (int(rect[0]), int(rect[1]), int(rect[2]), int(rect[3]))
         frames.append(ADNeRFFrame(img_id=img_id, aud_id=aud_id, transform_matrix=matrix, face_rect=rect))
     return ADNeRFSplit(focal_len=float(focal), cx=float(cx), cy=float(cy), frames=frames)
 

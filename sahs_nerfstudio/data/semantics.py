@@ -94,7 +94,7 @@ def _decode(rgb: UInt8[np.ndarray, "H W 3"], palette_rgb: np.ndarray, classes: T
     packed = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
     keys = (palette_rgb[:, 0].astype(np.int64) << 16) | (palette_rgb[:, 1].astype(np.int64) << 8) | palette_rgb[:, 2]
     labels = np.full(packed.shape, IGNORE_LABEL, dtype=np.int64)
-    for key, cls in zip(keys, classes):
+    for key, cls in zip(keys, classes, strict=True):
         labels[packed == key] = cls
     return DecodedMask(labels=labels, num_unmatched=int((labels == IGNORE_LABEL).sum()))
 

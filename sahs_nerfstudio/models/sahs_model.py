@@ -86,6 +86,14 @@ class SAHSModel(Model):
     """Semantic-aware hyper-space deformable NeRF."""
 
     config: SAHSModelConfig
+    # Buffers registered in populate_modules (declared for type checkers).
+    audio_table: Tensor
+    background_image: Tensor
+    train_drivers: Tensor
+    train_audio_index: Tensor
+    trained_steps: Tensor
+    class_loss_sum: Tensor
+    class_loss_count: Tensor
 
     # ------------------------------------------------------------------------------------------
     # Setup
@@ -259,15 +267,18 @@ class SAHSModel(Model):
             level["ambient"] = (weights * ambient).sum(dim=-2)
         return level, weights
 
-    def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:  # type: ignore[override]
+    def prepare_rays(self, ray_bundle: RayBundle) -> Float[Tensor, "N 3"]:
+        """Put the per-ray driving code and pose in ``ray_bundle.metadata``; return the background colour."""
         metadata = dict(ray_bundle.metadata)
         n = ray_bundle.directions.shape[0]
         metadata["driving_code"] = self._driving_code_for_rays(metadata)
         if "pose" not in metadata:
             metadata["pose"] = torch.zeros(n, POSE_DIM, device=self.device)
         ray_bundle.metadata = metadata
-        bg_rgb = self._background_rgb(ray_bundle)
+        return self._background_rgb(ray_bundle)
 
+    def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:  # type: ignore[override]
+        bg_rgb = self.prepare_rays(ray_bundle)
         samples_coarse = self.sampler_uniform(ray_bundle)
         coarse, weights_coarse = self._render_level(self.field_coarse, samples_coarse, bg_rgb)
         samples_fine = self.sampler_pdf(ray_bundle, samples_coarse, weights_coarse)

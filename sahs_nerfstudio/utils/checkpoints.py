@@ -13,7 +13,8 @@ import torch
 
 
 def numpy_safe_globals() -> list:
-    return [np.core.multiarray.scalar, np.dtype, *(getattr(np.dtypes, n) for n in np.dtypes.__all__)]
+    scalar = np.core.multiarray.scalar  # type: ignore[attr-defined]
+    return [scalar, np.dtype, *(getattr(np.dtypes, n) for n in np.dtypes.__all__)]
 
 
 def allow_nerfstudio_checkpoints() -> None:

@@ -1,0 +1,277 @@
+"""Driving signals for a trained SAHS model: load, validate against the model, encode to codes.
+
+A driver is a sequence of raw driving rows, one per output video frame:
+
+* expressions (expression models): a NeRFace-layout transforms JSON (``frames[k].expression``) or a
+  ``.npy`` of shape ``[T, 76]``;
+* audio windows (audio models): an AD-NeRF feature file ``aud.npy`` ``[T, 16, 29]``, an AD-NeRF
+  transforms JSON (its frames' ``aud_id`` into the ``aud.npy`` beside it), or an audio file
+  (``.wav``, or anything soundfile reads) turned into windows by the very extractor that made the
+  training features (:mod:`sahs_nerfstudio.data.audio`; any sample rate, resampled).
+
+Another subject's file drives a trained subject just the same (cross-reenactment). Every problem
+with the file is a :class:`~sahs_nerfstudio.data.formats.FormatError`: one line naming the file,
+the field, what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from sahs_nerfstudio.data import audio as audio_io
+from sahs_nerfstudio.data import formats
+from sahs_nerfstudio.data.formats import FormatError
+
+if TYPE_CHECKING:
+    from sahs_nerfstudio.models.sahs_model import SAHSModel
+
+DriverKind = Literal["expression", "audio"]
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+AAC_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
+"""Sample rates the AAC encoder takes as they are; others are resampled to 48 kHz for the video."""
+
+
+@dataclass
+class DrivingSequence:
+    """Raw driving rows for ``T`` video frames, plus the audio to mux when there is any."""
+
+    kind: DriverKind
+    rows: np.ndarray
+    """``[T, D]`` expressions, or ``[T, W, C]`` audio windows."""
+    source: Path
+    """The file the rows came from."""
+    field_name: str
+    """Where in ``source`` the rows are (for messages), e.g. ``frames[k].expression``."""
+    fps: float = 25.0
+    audio: np.ndarray | None = None
+    """Mono float samples to mux, already cut to the rows' time span."""
+    sample_rate: int | None = None
+    audio_source: Path | None = None
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    def truncated(self, num_frames: int) -> "DrivingSequence":
+        """The first ``num_frames`` rows (and the matching audio)."""
+        num_frames = max(0, min(num_frames, len(self)))
+        audio = self.audio
+        if audio is not None and self.sample_rate is not None:
+            audio = audio[: int(round(num_frames / self.fps * self.sample_rate))]
+        return DrivingSequence(
+            self.kind, self.rows[:num_frames], self.source, self.field_name, self.fps, audio, self.sample_rate,
+            self.audio_source,
+        )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_driver(
+    path: Path | str,
+    fps: float = 25.0,
+    audio: Path | str | None = None,
+    window: int = audio_io.WINDOW,
+    channels: int = audio_io.CHANNELS,
+) -> DrivingSequence:
+    """Read a driving file (see the module docstring) at ``fps`` video frames per second.
+
+    Args:
+        path: the driving file.
+        fps: video frame rate (audio windows are cut at this rate).
+        audio: an audio file to mux; by default the ``.wav`` driver itself, or for ``aud.npy`` and AD-NeRF
+            JSON drivers a ``<stem>.wav`` / ``aud.wav`` next to the feature file when there is one.
+        window, channels: the audio window shape a ``.wav`` is cut into (the model's).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FormatError(path, "<file>", "a driving file (.json, .npy or .wav)", "no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        seq = _load_json_driver(path, fps)
+    elif suffix == ".npy":
+        seq = _load_npy_driver(path, fps)
+    elif suffix in AUDIO_SUFFIXES:
+        samples, rate = audio_io.load_wav(path)
+        rows = audio_io.audio_features(samples, rate, fps=fps, window=window, channels=channels)
+        seq = DrivingSequence("audio", rows, path, "<samples>", fps)
+        seq.audio, seq.sample_rate, seq.audio_source = _muxable(samples, rate), _mux_rate(rate), path
+    else:
+        raise FormatError(path, "<file>", "a .json, .npy or audio (.wav) driving file", f"suffix '{path.suffix}'")
+    if audio is not None:
+        samples, rate = audio_io.load_wav(audio)
+        seq.audio, seq.sample_rate, seq.audio_source = _muxable(samples, rate), _mux_rate(rate), Path(audio)
+    if seq.audio is not None and seq.sample_rate is not None:
+        seq.audio = seq.audio[: int(round(len(seq) / fps * seq.sample_rate))]
+    return seq
+
+
+def _mux_rate(rate: int) -> int:
+    return int(rate) if int(rate) in AAC_SAMPLE_RATES else 48000
+
+
+def _muxable(samples: np.ndarray, rate: int) -> np.ndarray:
+    """Samples at a rate the AAC encoder takes (resampled to 48 kHz when it does not)."""
+    if int(rate) in AAC_SAMPLE_RATES:
+        return samples
+    return audio_io.resample(samples, rate, 48000)
+
+
+def _sibling_wav(feature_file: Path) -> Path | None:
+    for candidate in (feature_file.with_suffix(".wav"), feature_file.parent / formats.ADNERF_AUDIO_WAV):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def attach_sibling_audio(seq: DrivingSequence, feature_file: Path, first_window: int) -> None:
+    """Give ``seq`` the audio of the wav beside ``feature_file``, from window ``first_window`` on."""
+    wav = _sibling_wav(feature_file)
+    if wav is None:
+        return
+    samples, rate = audio_io.load_wav(wav)
+    samples, rate = _muxable(samples, rate), _mux_rate(rate)
+    start = int(round(first_window / seq.fps * rate))
+    seq.audio, seq.sample_rate, seq.audio_source = samples[start:], rate, wav
+
+
+def _load_npy_driver(path: Path, fps: float) -> DrivingSequence:
+    try:
+        rows = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise FormatError(path, "<array>", "a readable .npy array", f"{type(err).__name__}: {err}") from None
+    if rows.ndim not in (2, 3):
+        raise FormatError(
+            path, "<array>", "[T, 76] expression codes or [T, 16, 29] audio windows", f"shape {tuple(rows.shape)}"
+        )
+    if rows.shape[0] == 0:
+        raise FormatError(path, "<array>", "at least one frame", f"shape {tuple(rows.shape)}")
+    if not np.issubdtype(rows.dtype, np.number) or not np.all(np.isfinite(rows)):
+        raise FormatError(path, "<array>", "finite numbers", f"dtype {rows.dtype} with NaN, infinity or non-numbers")
+    kind: DriverKind = "expression" if rows.ndim == 2 else "audio"
+    seq = DrivingSequence(kind, rows.astype(np.float32), path, "<array>", fps)
+    if kind == "audio":
+        attach_sibling_audio(seq, path, 0)
+    return seq
+
+
+def _load_json_driver(path: Path, fps: float) -> DrivingSequence:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise FormatError(path, "<file>", "valid JSON", f"{type(err).__name__}: {err}") from None
+    if not isinstance(meta, dict):
+        raise FormatError(path, "<file>", "a transforms JSON object", type(meta).__name__)
+    frames = meta.get("frames")
+    if not isinstance(frames, list) or not frames:
+        raise FormatError(path, "frames", "a non-empty list", repr(frames)[:60])
+    first = frames[0] if isinstance(frames[0], dict) else {}
+    if "expression" in first:
+        return _expressions_from_json(path, frames, fps)
+    if "aud_id" in first or "focal_len" in meta or "focal_length" in meta:
+        return _audio_from_adnerf_json(path, fps)
+    raise FormatError(
+        path, "frames[0]", "'expression' (NeRFace layout) or 'aud_id' (AD-NeRF layout)", f"keys {sorted(first)}"
+    )
+
+
+def _expressions_from_json(path: Path, frames: list, fps: float) -> DrivingSequence:
+    rows: list[np.ndarray] = []
+    for k, frame in enumerate(frames):
+        name = f"frames[{k}].expression"
+        if not isinstance(frame, dict) or "expression" not in frame:
+            raise FormatError(path, name, "the field to be present", "it missing")
+        try:
+            row = np.asarray(frame["expression"], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise FormatError(path, name, "a list of numbers", repr(frame["expression"])[:60]) from None
+        if row.ndim != 1:
+            raise FormatError(path, name, "a flat list of numbers", f"shape {row.shape}")
+        if rows and row.shape[0] != rows[0].shape[0]:
+            raise FormatError(path, name, f"{rows[0].shape[0]} values like frames[0]", f"{row.shape[0]} values")
+        if not np.all(np.isfinite(row)):
+            raise FormatError(path, name, "finite numbers", "NaN or infinity")
+        rows.append(row)
+    return DrivingSequence("expression", np.stack(rows).astype(np.float32), path, "frames[k].expression", fps)
+
+
+def _audio_from_adnerf_json(path: Path, fps: float) -> DrivingSequence:
+    split = formats.read_adnerf_transforms(path)
+    features = path.parent / formats.ADNERF_AUDIO
+    table = formats.read_audio_features(features)
+    ids = [formats.clamp_audio_index(fr.aud_id, table.shape[0]) for fr in split.frames]
+    seq = DrivingSequence("audio", table[ids], path, "frames[k].aud_id", fps)
+    contiguous = all(b == a + 1 for a, b in zip(ids, ids[1:], strict=False))
+    if contiguous:
+        attach_sibling_audio(seq, features, ids[0])
+    return seq
+
+
+# ----------------------------------------------------------------------------------------------
+# Checking against a model and encoding
+
+
+def expected_driver(model: "SAHSModel") -> tuple[DriverKind, tuple[int, ...]]:
+    """The driver kind and the per-frame row shape a model takes."""
+    if model.driver_kind == "audio":
+        return "audio", tuple(int(v) for v in model.audio_window)
+    return "expression", (int(model.train_drivers.shape[1]),)
+
+
+def check_driver(seq: DrivingSequence, model: "SAHSModel") -> None:
+    """Raise a FormatError when ``seq`` cannot drive ``model`` (wrong kind or code width)."""
+    kind, shape = expected_driver(model)
+    row_shape = tuple(int(v) for v in seq.rows.shape[1:])
+    if len(seq) == 0:
+        raise FormatError(seq.source, seq.field_name, "at least one frame", "none")
+    if seq.kind != kind:
+        want = (
+            f"expression codes of width {shape[0]} (this model is expression-driven)"
+            if kind == "expression"
+            else f"audio: a .wav or [T, {shape[0]}, {shape[1]}] audio windows (this model is audio-driven)"
+        )
+        found = f"{seq.kind} rows of shape {row_shape}"
+        raise FormatError(seq.source, seq.field_name, want, found)
+    if row_shape != shape:
+        if kind == "expression":
+            want = f"expression codes of width {shape[0]} (this model's code width)"
+            found = f"width {row_shape[0]}"
+        else:
+            want = f"audio windows of shape [{shape[0]}, {shape[1]}] (this model's)"
+            found = f"[{', '.join(str(v) for v in row_shape)}]"
+        raise FormatError(seq.source, seq.field_name, want, found)
+
+
+@torch.no_grad()
+def encode_sequence(model: "SAHSModel", seq: DrivingSequence, batch: int = 256) -> Float[Tensor, "T code"]:
+    """One driving code per frame of ``seq``.
+
+    Expressions are the codes. Audio windows go through the model's audio network; once the model
+    smooths with AudioAttNet, each frame is smoothed over its neighbours in ``seq`` itself (not the
+    training audio), exactly as training smooths over neighbouring training windows.
+    """
+    check_driver(seq, model)
+    rows = torch.from_numpy(np.ascontiguousarray(seq.rows)).float().to(model.device)
+    if seq.kind == "expression" or model.audio_encoder is None:
+        return rows
+    encoder = model.audio_encoder
+    codes = []
+    if model.use_audio_attention():
+        seq_len = encoder.config.smoothing_seq_len
+        offsets = torch.arange(seq_len, device=rows.device) - seq_len // 2
+        for start in range(0, rows.shape[0], batch):
+            index = torch.arange(start, min(start + batch, rows.shape[0]), device=rows.device)
+            neighbours = (index[:, None] + offsets[None]).clamp(0, rows.shape[0] - 1)
+            codes.append(encoder.encode_smoothed(rows[neighbours]))
+    else:
+        for start in range(0, rows.shape[0], batch):
+            codes.append(encoder.encode(rows[start : start + batch]))
+    return torch.cat(codes, dim=0)

@@ -1,0 +1,430 @@
+"""Driving the avatar from nerfstudio's viewer: the "SAHS avatar" controls and the output menu.
+
+nerfstudio's viewer (``nerfstudio.viewer.viewer.Viewer``) collects every ``ViewerElement`` it finds
+by walking the pipeline's attributes and, recursively, its ``nn.Module`` children
+(``nerfstudio.viewer.utils.parse_object``): elements sorted by attribute name, each in a folder
+named after the path to it. :class:`AvatarControls` is therefore an ``nn.Module`` child of the
+model (``model.avatar``, no parameters, nothing in the state dict) holding the elements as plain
+attributes whose names (``el00_...``) fix their order on the panel:
+
+* **Drive by**: ``viewer time`` (the default: the training frame nearest nerfstudio's Time slider,
+  as without a viewer), ``dataset frame`` (the frame slider), ``expression sliders`` (expression
+  models) or ``audio window`` (audio models). Touching a slider switches to its mode.
+* **Dataset frame**: a training frame; its driving code (expression, or audio window through the
+  audio network) drives the render.
+* **Audio window** (audio models): scrub through every window of the dataset's ``aud.npy``.
+* **Pose follows camera** (models whose field takes the pose code): off freezes the pose code at
+  the last camera it followed (the torso stops moving with the view).
+* **PC1 .. PC8** (expression models): the leading principal components of the training expression
+  codes, in standard deviations (-3 .. 3), each labelled with the share of variance it explains
+  (``PC1 (51%)``);
+  **Sliders from dataset frame** projects the frame's expression onto them; **Reset expression**
+  puts them back at the mean expression.
+
+The model asks :meth:`AvatarControls.driving_code` and :meth:`AvatarControls.pose` only for cameras
+that carry no conditioning of their own (the viewer's, spiral renders), so dataset renders,
+evaluation and the driven renderer never depend on the panel. Without a viewer the elements keep
+their default values (drive by viewer time, pose follows camera): the model behaves as before.
+
+The GUI handles the viewer attaches are not picklable: pickling or deep-copying the model keeps
+the control values and rebuilds fresh, uninstalled elements.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from nerfstudio.utils.colormaps import apply_float_colormap
+from nerfstudio.viewer.viewer_elements import (
+    ViewerButton,
+    ViewerCheckbox,
+    ViewerControl,
+    ViewerDropdown,
+    ViewerElement,
+    ViewerParameter,
+    ViewerSlider,
+)
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from nerfstudio.viewer.viewer import Viewer
+
+    from sahs_nerfstudio.models.sahs_model import SAHSModel
+
+VIEWER_TIME = "viewer time"
+DATASET_FRAME = "dataset frame"
+EXPRESSION_SLIDERS = "expression sliders"
+AUDIO_WINDOW = "audio window"
+
+NUM_COMPONENTS = 8
+"""Principal components of the training expressions offered as sliders."""
+SLIDER_RANGE = 3.0
+"""The component sliders span +-3 standard deviations."""
+SLIDER_STEP = 0.01
+MIN_EXPLAINED = 0.005
+"""Components explaining less than this share of the variance get no slider."""
+VISER_SCALE = 10.0
+"""nerfstudio's ``VISER_NERFSTUDIO_SCALE_RATIO``: viewer units per world unit."""
+
+DISPLAY_ORDER: tuple[str, ...] = (
+    "rgb",
+    "semantics",
+    "deformation_magnitude",
+    "ambient_image",
+    "depth",
+    "accumulation",
+)
+"""Outputs listed first in the viewer's output menu (the first one is shown by default)."""
+
+
+@dataclass
+class ExpressionPCA:
+    """Principal components of a set of expression codes."""
+
+    mean: Float[Tensor, " D"]
+    components: Float[Tensor, "K D"]
+    """Unit directions, largest variance first."""
+    std: Float[Tensor, " K"]
+    """Standard deviation of the codes along each component."""
+    explained: Float[Tensor, " K"]
+    """Fraction of the total variance each component explains."""
+
+
+def expression_pca(codes: Float[Tensor, "N D"], num_components: int = NUM_COMPONENTS) -> ExpressionPCA:
+    """PCA of ``codes`` (float64 SVD); components with no variance are dropped."""
+    x = codes.detach().double().cpu()
+    mean = x.mean(dim=0)
+    n, dim = x.shape
+    if n < 2:
+        empty = torch.zeros(0, dtype=torch.float32)
+        return ExpressionPCA(mean.float(), torch.zeros(0, dim), empty, empty)
+    _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
+    var = s**2 / (n - 1)
+    total = float(var.sum())
+    keep = int((var > total * MIN_EXPLAINED).sum()) if total > 0 else 0
+    keep = min(keep, num_components)
+    return ExpressionPCA(
+        mean=mean.float(),
+        components=vh[:keep].float(),
+        std=var[:keep].sqrt().float(),
+        explained=(var[:keep] / max(total, 1e-30)).float(),
+    )
+
+
+class AvatarControls(nn.Module):
+    """The viewer panel that drives a SAHS model (see the module docstring)."""
+
+    pca_mean: Tensor
+    pca_components: Tensor
+    pca_std: Tensor
+    pca_explained: Tensor
+    expressions: Tensor
+    viewer_control: FrameCameraControl
+
+    def __init__(
+        self,
+        driver_kind: str,
+        train_drivers: Float[Tensor, "N D"],
+        num_audio_windows: int = 0,
+        uses_pose: bool = False,
+        num_components: int = NUM_COMPONENTS,
+    ) -> None:
+        super().__init__()
+        self.driver_kind = driver_kind
+        self.num_frames = int(train_drivers.shape[0])
+        self.num_audio_windows = int(num_audio_windows)
+        self.uses_pose = bool(uses_pose)
+        pca = expression_pca(train_drivers, num_components if driver_kind == "expression" else 0)
+        self.register_buffer("pca_mean", pca.mean, persistent=False)
+        self.register_buffer("pca_components", pca.components, persistent=False)
+        self.register_buffer("pca_std", pca.std, persistent=False)
+        self.register_buffer("pca_explained", pca.explained, persistent=False)
+        # The training expressions, for "sliders from dataset frame" (expression models only).
+        expressions = train_drivers.detach().float().clone() if driver_kind == "expression" else torch.zeros(0)
+        self.register_buffer("expressions", expressions, persistent=False)
+        self.num_components = int(pca.components.shape[0])
+        self._frozen_pose: Tensor | None = None
+        self._element_names: list[str] = []
+        self._build_elements({})
+
+    @classmethod
+    def for_model(cls, model: "SAHSModel") -> "AvatarControls":
+        table = model.audio_table
+        return cls(
+            driver_kind=model.driver_kind,
+            train_drivers=model.train_drivers,
+            num_audio_windows=int(table.shape[0]) if table.ndim == 3 else 0,
+            uses_pose=bool(model.field_config.resolved().use_pose),
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # Elements
+
+    def modes(self) -> list[str]:
+        modes = [VIEWER_TIME, DATASET_FRAME]
+        if self.num_components > 0:
+            modes.append(EXPRESSION_SLIDERS)
+        if self.num_audio_windows > 0:
+            modes.append(AUDIO_WINDOW)
+        return modes
+
+    def _add(self, name: str, element: ViewerElement) -> None:
+        # Plain attribute (not a submodule): nerfstudio's parse_object finds it through dir().
+        object.__setattr__(self, name, element)
+        self._element_names.append(name)
+
+    def elements(self) -> dict[str, ViewerElement]:
+        """The viewer elements by attribute name, in panel order."""
+        return {name: getattr(self, name) for name in self._element_names}
+
+    def _build_elements(self, values: dict[str, Any]) -> None:
+        self._element_names = []
+
+        def value(name: str, default: Any) -> Any:
+            return values.get(name, default)
+
+        modes = self.modes()
+        mode = value("el00_drive_by", VIEWER_TIME)
+        self._add(
+            "el00_drive_by",
+            ViewerDropdown(
+                "Drive by",
+                mode if mode in modes else VIEWER_TIME,
+                modes,
+                hint="What drives the avatar: the Time slider's nearest training frame, a dataset frame, "
+                "the expression sliders or an audio window",
+            ),
+        )
+        last_frame = max(self.num_frames - 1, 1)
+        self._add(
+            "el01_frame",
+            ViewerSlider(
+                "Dataset frame",
+                int(value("el01_frame", 0)),
+                0,
+                last_frame,
+                1,
+                cb_hook=lambda _: self._switch_mode(DATASET_FRAME),
+                hint=f"Training frame 0..{self.num_frames - 1} whose driving code is rendered",
+            ),
+        )
+        if self.num_audio_windows > 0:
+            self._add(
+                "el02_audio_window",
+                ViewerSlider(
+                    "Audio window",
+                    int(value("el02_audio_window", 0)),
+                    0,
+                    max(self.num_audio_windows - 1, 1),
+                    1,
+                    cb_hook=lambda _: self._switch_mode(AUDIO_WINDOW),
+                    hint=f"Window 0..{self.num_audio_windows - 1} of the dataset's audio features",
+                ),
+            )
+        if self.uses_pose:
+            self._add(
+                "el03_pose_follows",
+                ViewerCheckbox(
+                    "Pose follows camera",
+                    bool(value("el03_pose_follows", True)),
+                    hint="On: the pose code is the viewer camera's; off: frozen at the last one",
+                ),
+            )
+        for k in range(self.num_components):
+            share = 100.0 * float(self.pca_explained[k])
+            name = f"el{10 + k:02d}_pc{k}"
+            self._add(
+                name,
+                ViewerSlider(
+                    f"PC{k + 1} ({share:.0f}%)",
+                    float(value(name, 0.0)),
+                    -SLIDER_RANGE,
+                    SLIDER_RANGE,
+                    SLIDER_STEP,
+                    cb_hook=lambda _: self._switch_mode(EXPRESSION_SLIDERS),
+                    hint=f"Principal component {k + 1} of the training expressions ({share:.1f}% of their "
+                    "variance), in standard deviations from the mean expression",
+                ),
+            )
+        if self.num_components > 0:
+            self._add("el90_from_frame", ViewerButton("Sliders from dataset frame", cb_hook=self._sliders_from_frame))
+            self._add("el91_reset", ViewerButton("Reset expression", cb_hook=self._reset_sliders))
+        self._add(
+            "el92_look_through",
+            ViewerButton(
+                "View from dataset frame", cb_hook=lambda _: self.viewer_control.look_through(self.frame_index())
+            ),
+        )
+        # Not a ViewerElement: nerfstudio sets it up with the viewer (it moves the viewer's camera).
+        object.__setattr__(self, "viewer_control", FrameCameraControl(self))
+
+    def component_sliders(self) -> list[ViewerSlider]:
+        return [getattr(self, f"el{10 + k:02d}_pc{k}") for k in range(self.num_components)]
+
+    def _switch_mode(self, mode: str) -> None:
+        dropdown: ViewerDropdown = self.el00_drive_by  # type: ignore[attr-defined]
+        if dropdown.value != mode:
+            dropdown.value = mode
+
+    def _sliders_from_frame(self, _: Any = None) -> None:
+        code = self.expressions[self.frame_index()]
+        for slider, coeff in zip(self.component_sliders(), self.project(code).tolist(), strict=False):
+            slider.value = float(max(-SLIDER_RANGE, min(SLIDER_RANGE, round(coeff, 2))))
+        self._switch_mode(EXPRESSION_SLIDERS)
+
+    def _reset_sliders(self, _: Any = None) -> None:
+        for slider in self.component_sliders():
+            slider.value = 0.0
+        self._switch_mode(EXPRESSION_SLIDERS)
+
+    # ------------------------------------------------------------------------------------------
+    # Values
+
+    @property
+    def mode(self) -> str:
+        return str(self.el00_drive_by.value)  # type: ignore[attr-defined]
+
+    def frame_index(self) -> int:
+        return int(min(max(round(float(self.el01_frame.value)), 0), self.num_frames - 1))  # type: ignore[attr-defined]
+
+    def audio_window_index(self) -> int:
+        if self.num_audio_windows == 0:
+            return 0
+        value = float(self.el02_audio_window.value)  # type: ignore[attr-defined]
+        return int(min(max(round(value), 0), self.num_audio_windows - 1))
+
+    def follows_camera(self) -> bool:
+        return not self.uses_pose or bool(self.el03_pose_follows.value)  # type: ignore[attr-defined]
+
+    def coefficients(self) -> Float[Tensor, " K"]:
+        return torch.tensor([float(s.value) for s in self.component_sliders()], dtype=torch.float32)
+
+    def set_coefficients(self, values: list[float]) -> None:
+        for slider, v in zip(self.component_sliders(), values, strict=False):
+            slider.value = float(v)
+
+    def slider_code(self) -> Float[Tensor, "1 D"]:
+        """The expression ``mean + sum_k a_k std_k v_k`` of the component sliders."""
+        coeff = self.coefficients().to(self.pca_std.device)
+        return (self.pca_mean + (coeff * self.pca_std) @ self.pca_components)[None]
+
+    def project(self, code: Float[Tensor, " D"]) -> Float[Tensor, " K"]:
+        """Slider values (standard deviations) of an expression's leading components."""
+        centred = code.to(self.pca_mean) - self.pca_mean
+        return (centred @ self.pca_components.T) / self.pca_std.clamp(min=1e-12)
+
+    # ------------------------------------------------------------------------------------------
+    # What the model asks
+
+    @torch.no_grad()
+    def driving_code(self, model: "SAHSModel") -> Float[Tensor, "1 code"] | None:
+        """The code the panel asks for, or None to let the model use the camera's time."""
+        mode = self.mode
+        device = model.device
+        if mode == DATASET_FRAME:
+            f = self.frame_index()
+            return model.encode_driver(model.train_drivers[f : f + 1], model.train_audio_index[f : f + 1])
+        if mode == EXPRESSION_SLIDERS and self.num_components > 0:
+            return self.slider_code().to(device)
+        if mode == AUDIO_WINDOW and self.num_audio_windows > 0:
+            i = self.audio_window_index()
+            window = model.audio_table[i : i + 1].reshape(1, -1)
+            return model.encode_driver(window, torch.tensor([[float(i)]], device=device))
+        return None
+
+    def pose(self, pose: Float[Tensor, "1 6"]) -> Float[Tensor, "1 6"]:
+        """The camera's pose code while following; the last followed one while frozen."""
+        if self.follows_camera() or self._frozen_pose is None:
+            self._frozen_pose = pose.detach().clone()
+            return pose
+        return self._frozen_pose.to(pose.device)
+
+    # ------------------------------------------------------------------------------------------
+    # Pickling: GUI handles cannot be pickled; keep values, rebuild fresh elements.
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        values = {}
+        state.pop("viewer_control", None)
+        for name in self._element_names:
+            element = state.pop(name, None)
+            if isinstance(element, ViewerParameter):
+                values[name] = element.value
+        state["_element_values"] = values
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        values = state.pop("_element_values", {})
+        super().__setstate__(state)
+        self._build_elements(values)
+
+
+class FrameCameraControl(ViewerControl):
+    """Puts the viewer's camera where a training camera was (new clients start at the frame slider's)."""
+
+    def __init__(self, controls: AvatarControls) -> None:
+        self.controls = controls
+        self.viewer: Viewer | None = None
+
+    def _setup(self, viewer: "Viewer") -> None:
+        super()._setup(viewer)
+        self.viser_server.on_client_connect(self._on_connect)
+
+    def _on_connect(self, client: Any) -> None:
+        # The client's camera is unknown until it reports it; wait for that off the server's thread.
+        def wait_then_look() -> None:
+            for _ in range(200):
+                if client.camera._state.update_timestamp != 0.0:
+                    self.look_through(self.controls.frame_index(), [client])
+                    return
+                time.sleep(0.05)
+
+        threading.Thread(target=wait_then_look, daemon=True).start()
+
+    def look_through(self, frame: int, clients: list[Any] | None = None) -> None:
+        """Move the viewer camera of ``clients`` (all by default) to training camera ``frame``."""
+        if self.viewer is None:
+            return
+        cameras = self.viewer.pipeline.datamanager.train_dataset.cameras  # type: ignore[union-attr]
+        frame = min(max(frame, 0), len(cameras) - 1)
+        c2w = cameras.camera_to_worlds[frame].detach().cpu().double().numpy()
+        height = float(cameras.height[frame, 0])
+        fov = float(2.0 * np.arctan(height / (2.0 * abs(float(cameras.fy[frame, 0])))))
+        position = c2w[:3, 3] * VISER_SCALE
+        forward = -c2w[:3, 2]  # nerfstudio cameras look along -z, y up
+        for client in clients if clients is not None else list(self.viser_server.get_clients().values()):
+            if client.camera._state.update_timestamp == 0.0:
+                continue
+            with client.atomic():
+                client.camera.up_direction = c2w[:3, 1]
+                client.camera.position = position
+                client.camera.look_at = position + forward * VISER_SCALE * 0.5
+                client.camera.fov = fov
+
+
+def display_outputs(outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The outputs of a rendered camera, ordered for the viewer's menu, plus ``deformation_magnitude``.
+
+    ``deformation_magnitude`` is the rendered ``|x' - x|`` through the turbo colour map, normalised
+    by its maximum in the image (the raw ``deformation`` stays available for the viewer's own
+    colour map with fixed limits). Two-channel outputs (the audio model's 2-d ambient coordinate) are
+    left out: the viewer cannot colour-map two channels; ``ambient_image`` shows them.
+    """
+    extra: dict[str, Tensor] = {}
+    deformation = outputs.get("deformation")
+    if deformation is not None and deformation.shape[-1] == 1:
+        scale = deformation.max().clamp(min=1e-12)
+        extra["deformation_magnitude"] = apply_float_colormap((deformation / scale).clamp(0, 1), colormap="turbo")
+    merged = {**outputs, **extra}
+    ordered: dict[str, Tensor] = {key: merged[key] for key in DISPLAY_ORDER if key in merged}
+    for key, value in merged.items():
+        if key in ordered or (value.ndim >= 1 and value.shape[-1] == 2):
+            continue
+        ordered[key] = value
+    return ordered

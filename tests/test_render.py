@@ -1,0 +1,316 @@
+"""Driven rendering (``sahs-render``): every driver kind, camera path, audio muxing and bad input.
+
+The runs are the tiny session fixtures of ``conftest.py`` (40 steps on a 32x32 subject): these tests
+check the plumbing (frame counts, sizes, audio streams, codes reaching the model), not quality.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile
+import torch
+import yaml
+
+from sahs_nerfstudio.data import formats
+from sahs_nerfstudio.data.formats import FormatError
+from sahs_nerfstudio.data.sahs_dataparser import read_labels
+from sahs_nerfstudio.data.semantics import MOUTH_CLASSES
+from sahs_nerfstudio.data.synthetic import CONTROL_NAMES, SUBJECT_FILE
+from sahs_nerfstudio.driving import check_driver, load_driver
+from sahs_nerfstudio.render import load_run, render_driven_video
+from sahs_nerfstudio.scripts import render as render_cli
+from sahs_nerfstudio.utils.video import read_video_frames
+
+FPS = 25.0
+
+
+@pytest.fixture(scope="module")
+def expression_run(tiny_run_expression):
+    config, pipeline, _, _ = load_run(tiny_run_expression)
+    return tiny_run_expression, (config, pipeline)
+
+
+@pytest.fixture(scope="module")
+def audio_run(tiny_run_audio):
+    config, pipeline, _, _ = load_run(tiny_run_audio)
+    return tiny_run_audio, (config, pipeline)
+
+
+def _streams(path: Path) -> dict:
+    """Video frame count and size, and the audio stream's duration (None without audio)."""
+    frames = [frame for _, frame in read_video_frames(path)]
+    with av.open(str(path)) as container:
+        audio = container.streams.audio[0] if container.streams.audio else None
+        audio_seconds = None
+        if audio is not None:
+            samples = sum(frame.samples for frame in container.decode(audio))
+            audio_seconds = samples / audio.rate
+    return {
+        "frames": len(frames),
+        "height": frames[0].shape[0],
+        "width": frames[0].shape[1],
+        "audio_seconds": audio_seconds,
+        "images": np.stack(frames).astype(np.float32),
+    }
+
+
+def _write_wav(path: Path, seconds: float, rate: int, loud: bool = True) -> Path:
+    t = np.arange(int(seconds * rate)) / rate
+    envelope = 0.5 * (1 + np.sin(2 * np.pi * 3 * t)) if loud else np.full_like(t, 0.01)
+    tone = envelope * (np.sin(2 * np.pi * 220 * t) + 0.5 * np.sin(2 * np.pi * 660 * t))
+    soundfile.write(path, (0.3 * tone).astype(np.float32), rate)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# One video per driver kind
+
+
+def test_expression_json_driver_fixed_camera(expression_run, tiny_subject, tmp_path):
+    config, loaded = expression_run
+    driver = tiny_subject / "nerface" / "transforms_train.json"
+    out = tmp_path / "json.mp4"
+    result = render_driven_video(
+        config, out, driver=driver, cameras="frame", frame=1, max_frames=5, loaded=loaded, split="train"
+    )
+    got = _streams(out)
+    assert (got["frames"], got["width"], got["height"]) == (5, 32, 32)
+    assert got["audio_seconds"] is None  # expressions carry no audio
+    assert result.num_frames == 5 and result.render_fps > 0
+    # A fixed camera: the frames differ only where the driving expressions do.
+    assert not np.array_equal(got["images"][0], got["images"][4])
+
+
+def test_expression_npy_driver_orbit(expression_run, tiny_subject, tmp_path):
+    config, loaded = expression_run
+    split = formats.read_nerface_split(tiny_subject / "nerface", "train")
+    codes = np.stack([fr.expression for fr in split.frames[:1]] * 6).astype(np.float32)  # one expression, [6, 76]
+    np.save(tmp_path / "codes.npy", codes)
+    out = tmp_path / "orbit.mp4"
+    render_driven_video(config, out, driver=tmp_path / "codes.npy", cameras="orbit", orbit_degrees=25, loaded=loaded)
+    got = _streams(out)
+    assert (got["frames"], got["width"], got["height"]) == (6, 32, 32)
+    # One expression, a moving camera: frame 0 (angle 0) and frame 1 (angle > 0) differ.
+    assert np.abs(got["images"][0] - got["images"][1]).mean() > 0.5
+
+
+def test_split_drives_itself_side_by_side(expression_run, tmp_path):
+    config, loaded = expression_run
+    out = tmp_path / "split.mp4"
+    result = render_driven_video(config, out, side_by_side=True, loaded=loaded, split="test")
+    got = _streams(out)
+    assert result.has_ground_truth
+    assert got["frames"] == len(loaded[1].datamanager.eval_dataset) == 3
+    assert (got["width"], got["height"]) == (3 * 32, 32)  # render | ground truth | semantics
+
+
+def test_audio_features_driver_muxes_the_wav_beside_it(audio_run, tiny_subject, tmp_path):
+    config, loaded = audio_run
+    out = tmp_path / "aud.mp4"
+    result = render_driven_video(config, out, driver=tiny_subject / "adnerf" / "aud.npy", max_frames=8, loaded=loaded)
+    got = _streams(out)
+    assert (got["frames"], got["width"], got["height"]) == (8, 32, 32)
+    assert result.driver.audio_source == tiny_subject / "adnerf" / "aud.wav"
+    # AAC frames hold 1024 samples: the stream may end up to one frame (64 ms at 16 kHz) late.
+    assert got["audio_seconds"] == pytest.approx(8 / FPS, abs=0.07)
+
+
+@pytest.mark.parametrize("rate", [16000, 22050, 17000])
+def test_wav_driver_any_sample_rate(audio_run, tmp_path, rate):
+    """16 kHz as is; 22050 Hz resampled for features (muxed as is); 17 kHz resampled for both."""
+    config, loaded = audio_run
+    wav = _write_wav(tmp_path / "speech.wav", 0.4, rate)
+    out = tmp_path / "wav.mp4"
+    render_driven_video(config, out, driver=wav, cameras="frame", frame=0, loaded=loaded)
+    got = _streams(out)
+    assert got["frames"] == 10  # 0.4 s at 25 fps
+    assert (got["width"], got["height"]) == (32, 32)
+    assert got["audio_seconds"] == pytest.approx(0.4, abs=0.07)
+
+
+def test_orbit_with_frozen_pose_and_scaled_resolution(audio_run, tiny_subject, tmp_path):
+    config, loaded = audio_run
+    out = tmp_path / "frozen.mp4"
+    render_driven_video(
+        config,
+        out,
+        driver=tiny_subject / "adnerf" / "aud.npy",
+        cameras="orbit",
+        pose="frozen",
+        max_frames=3,
+        resolution_scale=0.5,
+        loaded=loaded,
+    )
+    got = _streams(out)
+    assert (got["frames"], got["width"], got["height"]) == (3, 16, 16)
+
+
+# ----------------------------------------------------------------------------------------------
+# Different drivers, different mouths; cross-reenactment
+
+
+def _mouth_box(tiny_subject: Path, split: str, index: int, margin: int = 2) -> tuple[slice, slice]:
+    frame = formats.read_nerface_split(tiny_subject / "nerface", split).frames[index]
+    labels = read_labels(formats.nerface_mask_path(tiny_subject / "nerface", frame.file_path), "palette").labels
+    ys, xs = np.nonzero(np.isin(labels, list(MOUTH_CLASSES)))
+    assert ys.size, "the camera frame shows no mouth"
+    h, w = labels.shape
+    return (
+        slice(max(ys.min() - margin, 0), min(ys.max() + margin + 1, h)),
+        slice(max(xs.min() - margin, 0), min(xs.max() + margin + 1, w)),
+    )
+
+
+def _jaw(tiny_subject: Path) -> np.ndarray:
+    subject = json.loads((tiny_subject / SUBJECT_FILE).read_text())
+    return np.asarray(subject["controls"])[:, CONTROL_NAMES.index("jaw_open")]
+
+
+def test_different_expressions_give_different_mouths(expression_run, tiny_subject, tmp_path):
+    config, loaded = expression_run
+    root = tiny_subject / "nerface"
+    train, test = formats.read_nerface_split(root, "train"), formats.read_nerface_split(root, "test")
+    jaw = _jaw(tiny_subject)
+    frames = train.frames + test.frames
+    wide, shut = int(np.argmax(jaw)), int(np.argmin(jaw))
+    assert jaw[wide] - jaw[shut] > 0.5
+    for name, k in (("wide", wide), ("shut", shut)):
+        np.save(tmp_path / f"{name}.npy", np.stack([frames[k].expression] * 2).astype(np.float32))
+    camera = 0
+    rows, cols = _mouth_box(tiny_subject, "train", camera)
+    mouths = {}
+    for name in ("wide", "shut"):
+        out = tmp_path / f"{name}.mp4"
+        render_driven_video(
+            config, out, driver=tmp_path / f"{name}.npy", cameras="frame", frame=camera, loaded=loaded, split="train"
+        )
+        mouths[name] = _streams(out)["images"][0][rows, cols]
+    assert np.abs(mouths["wide"] - mouths["shut"]).mean() > 1.0
+
+
+def test_different_audio_gives_different_mouths(audio_run, tiny_subject, tmp_path):
+    config, loaded = audio_run
+    speech = _write_wav(tmp_path / "speech.wav", 0.4, 16000, loud=True)
+    quiet = _write_wav(tmp_path / "quiet.wav", 0.4, 16000, loud=False)
+    rows, cols = _mouth_box(tiny_subject, "train", 0)  # the AD-NeRF frames are the same sequence
+    mouths = []
+    for wav in (speech, quiet):
+        out = tmp_path / f"{wav.stem}.mp4"
+        render_driven_video(config, out, driver=wav, cameras="frame", frame=0, loaded=loaded, split="train")
+        mouths.append(_streams(out)["images"][:, rows, cols])
+    assert np.abs(mouths[0] - mouths[1]).mean() > 0.3
+
+
+def test_cross_reenactment_with_another_subjects_tracks(expression_run, audio_run, subject_nonsquare, tmp_path):
+    """A subject trained on one person, driven by another subject's expressions and audio features."""
+    config, loaded = expression_run
+    out = tmp_path / "cross_expr.mp4"
+    other = subject_nonsquare / "nerface" / "transforms_test.json"
+    result = render_driven_video(config, out, driver=other, loaded=loaded)
+    assert _streams(out)["frames"] == len(formats.read_nerface_split(subject_nonsquare / "nerface", "test").frames)
+    assert not result.has_ground_truth
+    config, loaded = audio_run
+    out = tmp_path / "cross_audio.mp4"
+    render_driven_video(config, out, driver=subject_nonsquare / "adnerf" / "aud.npy", max_frames=4, loaded=loaded)
+    got = _streams(out)
+    assert got["frames"] == 4 and got["audio_seconds"] == pytest.approx(4 / FPS, abs=0.07)
+
+
+# ----------------------------------------------------------------------------------------------
+# The CLI and bad input: one line naming the file and the field, exit status 2
+
+
+def test_cli_renders_and_reports_fps(tiny_run_expression, tmp_path, capsys):
+    out = tmp_path / "cli.mp4"
+    status = render_cli.run(["--load-config", str(tiny_run_expression), "--output", str(out), "--side-by-side"])
+    assert status == 0
+    assert _streams(out)["frames"] == 3
+    assert "frames/s" in capsys.readouterr().out
+
+
+def _cli_error(args: list[str], capsys) -> str:
+    status = render_cli.run(args)
+    err = capsys.readouterr().err.strip()
+    assert status == 2
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_wrong_code_width_names_file_and_field(tiny_run_expression, tmp_path, capsys):
+    bad = tmp_path / "codes50.npy"
+    np.save(bad, np.zeros((4, 50), np.float32))
+    err = _cli_error(
+        ["--load-config", str(tiny_run_expression), "--driver", str(bad), "--output", str(tmp_path / "x.mp4")], capsys
+    )
+    assert str(bad) in err and "'<array>'" in err and "width 76" in err and "width 50" in err
+    assert not (tmp_path / "x.mp4").exists()
+
+    js = tmp_path / "transforms_drive.json"
+    js.write_text(json.dumps({"frames": [{"expression": [0.0] * 50}, {"expression": [0.0] * 50}]}))
+    err = _cli_error(["--load-config", str(tiny_run_expression), "--driver", str(js)], capsys)
+    assert str(js) in err and "frames[k].expression" in err and "width 50" in err
+
+
+def test_expressions_cannot_drive_an_audio_model(audio_run, tmp_path):
+    _, loaded = audio_run
+    codes = tmp_path / "codes.npy"
+    np.save(codes, np.zeros((3, 76), np.float32))
+    with pytest.raises(FormatError, match="audio-driven") as info:
+        check_driver(load_driver(codes), loaded[1].model)
+    assert info.value.path == codes
+
+
+def test_empty_audio_file(tiny_run_audio, tmp_path, capsys):
+    empty = tmp_path / "empty.wav"
+    soundfile.write(empty, np.zeros(0, np.float32), 16000)
+    err = _cli_error(["--load-config", str(tiny_run_audio), "--driver", str(empty)], capsys)
+    assert str(empty) in err and "'<samples>'" in err and "empty" in err
+    garbage = tmp_path / "garbage.wav"
+    garbage.write_bytes(b"")
+    err = _cli_error(["--load-config", str(tiny_run_audio), "--driver", str(garbage)], capsys)
+    assert str(garbage) in err and "'<file>'" in err
+
+
+def test_run_of_another_method(tmp_path, capsys):
+    from nerfstudio.configs.method_configs import method_configs
+
+    config = method_configs["nerfacto"]
+    config.output_dir = tmp_path / "outputs"
+    config.set_timestamp()
+    config.save_config()
+    path = config.get_base_dir() / "config.yml"
+    err = _cli_error(["--load-config", str(path)], capsys)
+    assert str(path) in err and "'method_name'" in err and "nerfacto" in err
+
+
+def test_checkpoint_of_another_model(tiny_run_expression, tmp_path, capsys):
+    config = yaml.load(tiny_run_expression.read_text(), Loader=yaml.Loader)
+    config.output_dir = tmp_path / "outputs"
+    config.save_config()
+    ckpt_dir = config.get_checkpoint_dir()
+    ckpt_dir.mkdir(parents=True)
+    ckpt = ckpt_dir / "step-000000001.ckpt"
+    torch.save({"step": 1, "pipeline": {"_model.field.mlp_base.params": torch.zeros(3)}}, ckpt)
+    err = _cli_error(["--load-config", str(config.get_base_dir() / "config.yml")], capsys)
+    assert str(ckpt) in err and "'pipeline'" in err and "missing" in err and "unexpected" in err
+
+
+def test_ns_render_dataset_keeps_each_frames_code(expression_run, tmp_path):
+    """nerfstudio's own ``ns-render dataset`` path: per-frame metadata reaches the model."""
+    from nerfstudio.scripts.render import DatasetRender
+
+    config, _ = expression_run
+    render = DatasetRender(
+        load_config=config,
+        output_path=tmp_path / "ns_render",
+        split="test",
+        rendered_output_names=["rgb", "semantics", "deformation_magnitude"],
+    )
+    render.main()
+    for name in ("rgb", "semantics", "deformation_magnitude"):
+        assert len(list((tmp_path / "ns_render" / "test" / name).glob("*.jpg"))) == 3
