@@ -37,7 +37,8 @@ CPU_FIELD: Dict[str, object] = {
 }
 CPU_MODEL: Dict[str, object] = {"num_coarse_samples": 32, "num_importance_samples": 32}
 
-# Smallest sizes that still learn the synthetic subject: for tests and smoke runs only.
+# Smallest sizes that still learn the synthetic subject: tests, smoke runs and the CPU demo (an MLP
+# NeRF on a CPU is limited by steps, not capacity, so small layers that run more steps win).
 TINY_FIELD: Dict[str, object] = {
     **CPU_FIELD,
     "warp_width": 32,
@@ -123,7 +124,7 @@ def tiny_trainer_config(data: Path, steps: int = 300, rays: int = 256, output_di
 
 FAST_CPU_FIELD: Dict[str, object] = {
     "implementation": "torch",
-    "num_levels": 12,
+    "num_levels": 8,
     "max_res": 512,
     "log2_hashmap_size": 15,
     "plane_resolutions": (16, 32, 64),
@@ -169,15 +170,20 @@ def fast_cpu_trainer_config(
     **model_overrides,
 ) -> TrainerConfig:
     """``sahs-fast`` sized for 2 CPU cores (torch grids, one proposal level of 48 samples, 24 field samples)."""
+    from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
+
     from sahs_nerfstudio.sahs_config import fast_optimizers, sahs_fast_trainer_config
 
     config = sahs_fast_trainer_config()
-    config.pipeline.datamanager.data = data
-    config.pipeline.datamanager.dataparser.data = data
-    config.pipeline.datamanager.train_num_rays_per_batch = rays
-    config.pipeline.datamanager.eval_num_rays_per_batch = rays
+    datamanager = config.pipeline.datamanager
+    assert isinstance(datamanager, VanillaDataManagerConfig)
+    datamanager.data = data
+    datamanager.dataparser.data = data
+    datamanager.train_num_rays_per_batch = rays
+    datamanager.eval_num_rays_per_batch = rays
+    # Small render chunks stay in the CPU cache: ~2x faster than 8192-ray chunks.
     config.pipeline.model = fast_cpu_model_config(
-        field, **{"audio_attention_start_step": steps // 2, "eval_num_rays_per_chunk": 8192, **model_overrides}
+        field, **{"audio_attention_start_step": steps // 2, "eval_num_rays_per_chunk": 1024, **model_overrides}
     )
     config.machine.device_type = "cpu"
     config.max_num_iterations = steps
@@ -186,7 +192,7 @@ def fast_cpu_trainer_config(
     config.steps_per_eval_image = steps + 1
     config.steps_per_eval_all_images = steps + 1
     config.vis = "tensorboard"
-    config.viewer = replace(config.viewer, quit_on_train_completion=True, num_rays_per_chunk=8192)
+    config.viewer = replace(config.viewer, quit_on_train_completion=True, num_rays_per_chunk=4096)
     config.output_dir = output_dir
     config.save_only_latest_checkpoint = True
     config.optimizers = fast_optimizers(lr, steps)

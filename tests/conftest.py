@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
+
+# Test-sized networks gain nothing from a second thread, and OpenMP threads that spin while another
+# process holds a core slow a step down 30x on a 2-core machine: one thread per test process.
+torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
 
 from sahs_nerfstudio.data.synthetic import SyntheticConfig, generate_subject
 

@@ -1,0 +1,516 @@
+"""The ``sahs-fast`` field: SAHS's hyper-space deformation and semantic head on multiresolution grids.
+
+Per sample, as in :class:`~sahs_nerfstudio.fields.sahs_field.SAHSField`, the inputs are the observation-space
+point ``x``, the driving code ``a`` (``ray_samples.metadata["driving_code"]``) and the raw head-pose code ``p``
+(``["pose"]``). What changes is how each network reads space:
+
+* **deformation**: a small hash grid on ``x`` (nerfstudio :class:`HashEncoding`; tcnn on a GPU, torch on a CPU)
+  concatenated with ``[a, PE3(p)?]`` feeds one small MLP giving the warp offset (``x' = x + s * tanh(.)``) and
+  the hyper-space ("ambient") coordinates ``w = tanh(.)`` in ``(-1, 1)``;
+* **canonical density**: a 3-D hash grid on ``x'`` plus, for the hyper-space dimensions, small multiresolution
+  2-D planes pairing each spatial axis of ``x'`` with each ambient coordinate, ``(x'_i, w_k)`` (K-planes style;
+  the way RAD-NeRF gives the ambient coordinates their own grid), optionally with ``[a, PE3(p)]`` as in the
+  published configurations, into a one-hidden-layer MLP giving ``trunc_exp`` density and a geometry feature;
+* **colour** ``[feature, SH(d)]`` and **semantic logits** ``feature -> 12`` from small MLPs.
+
+The outputs are those of :class:`SAHSField` (RGB, DENSITY, SEMANTICS logits, ``"deformation"`` ``|x' - x|``,
+``"ambient"`` ``w``), so the SAHS model's compositing (background at infinity with its label), losses and
+metrics apply unchanged. Points outside the scene box have zero density.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from nerfstudio.cameras.rays import RaySamples
+from nerfstudio.field_components.activations import trunc_exp
+from nerfstudio.field_components.encodings import HashEncoding, SHEncoding
+from nerfstudio.field_components.field_heads import FieldHeadNames
+from nerfstudio.field_components.mlp import MLP
+from nerfstudio.fields.base_field import Field, FieldConfig
+from torch import Tensor, nn
+
+from sahs_nerfstudio.data.pose import POSE_DIM
+from sahs_nerfstudio.data.semantics import NUM_CLASSES
+from sahs_nerfstudio.fields.encoding import encoding_out_dim, positional_encoding
+from sahs_nerfstudio.fields.sahs_field import AMBIENT_KEY, DEFORMATION_KEY, DRIVING_CODE_KEY, POSE_KEY, Driver
+
+Implementation = Literal["tcnn", "torch"]
+
+# Values that differ between the two drivers (the published SAHS choices); ``None`` in the config takes these.
+_DRIVER_DEFAULTS: dict[str, dict[str, object]] = {
+    "audio": dict(num_ambient_dims=2, use_pose=True),
+    "expression": dict(num_ambient_dims=1, use_pose=False),
+}
+
+
+@dataclass
+class SAHSFastFieldConfig(FieldConfig):
+    """Sizes and switches of the ``sahs-fast`` field. Defaults: 512x512 talking-head video on one GPU.
+
+    The switches mean what they mean for :class:`~sahs_nerfstudio.fields.sahs_field.SAHSFieldConfig`, so the same
+    ablations (no warp, no hyper, neither) exist for both methods. Use :meth:`for_driver`.
+    """
+
+    _target: type = field(default_factory=lambda: SAHSFastField)
+    """Class this config builds (``setup(aabb=...)``)."""
+    driver: Driver = "audio"
+    """What drives the avatar: audio features (through the audio network) or 3DMM expression coefficients."""
+    code_dim: int = 76
+    """Width of the driving code."""
+    pose_dim: int = POSE_DIM
+    """Width of the raw pose code."""
+    num_classes: int = NUM_CLASSES
+    """Semantic classes of the semantic head."""
+    use_warp: bool = True
+    """Deform points: ``x' = x + max_offset * tanh(.)``; off: ``x' = x``."""
+    use_hyper: bool = True
+    """Hyper-space coordinates ``w`` and their (x'_i, w_k) planes; off: a static canonical grid."""
+    use_semantics: bool = True
+    """Build the semantic head."""
+    use_pose: bool | None = None
+    """Condition the deformation and density MLPs on PE3(pose). None: True for audio, False for expression."""
+    canonical_code: bool | None = None
+    """Concatenate the driving code into the density MLP's input. None: True for the expression driver (as the
+    published expression model does) and whenever both ``use_warp`` and ``use_hyper`` are off."""
+    num_ambient_dims: int | None = None
+    """Hyper-space dimensions. None: 2 for audio, 1 for expression."""
+    pose_frequencies: int = 3
+    """Frequencies of the pose encoding (no raw input): 36 values."""
+    implementation: Implementation = "tcnn"
+    """Hash grids, SH encoding, colour and semantic MLPs: ``tcnn`` (falls back to torch when tiny-cuda-nn is
+    absent) or ``torch``. The deformation and density MLPs are torch (they take per-ray conditioning)."""
+    # Canonical 3-D grid on x'.
+    num_levels: int = 16
+    """Levels of the canonical hash grid."""
+    base_res: int = 16
+    """Coarsest resolution of the canonical hash grid (cells across the scene box)."""
+    max_res: int = 2048
+    """Finest resolution of the canonical hash grid (2048 across the box ~ one cell per 512x512 pixel)."""
+    log2_hashmap_size: int = 19
+    """log2 of the entries per level of the canonical hash grid."""
+    features_per_level: int = 2
+    """Features per level of the hash grids."""
+    # Hyper-space planes (x'_i, w_k).
+    plane_resolutions: tuple[int, ...] = (32, 64, 128, 256)
+    """Side of each multiresolution level of the (x'_i, w_k) planes (dense 2-D grids, bilinear)."""
+    plane_channels: int = 4
+    """Features per plane level."""
+    plane_init_std: float = 0.01
+    """Planes start as ``randn * plane_init_std``."""
+    # Deformation (warp + hyper) network on x.
+    deform_num_levels: int = 8
+    """Levels of the deformation network's hash grid on ``x``."""
+    deform_max_res: int = 256
+    """Finest resolution of that grid (deformations are smooth)."""
+    deform_log2_hashmap_size: int = 17
+    """log2 of the entries per level of that grid."""
+    deform_depth: int = 2
+    """Hidden layers of the deformation MLP."""
+    deform_width: int = 64
+    """Width of the deformation MLP."""
+    max_offset: float = 0.1
+    """Bound of each warp offset component (scene units; the synthetic head is about 0.1 in radius)."""
+    deformation_init_scale: float = 1e-4
+    """Uniform bound of the deformation MLP's last-layer weights: training starts at the identity warp, w ~ 0."""
+    # Heads.
+    hidden_dim: int = 64
+    """Width of the density MLP (one hidden layer)."""
+    geo_feat_dim: int = 15
+    """Geometry feature passed to the colour and semantic heads."""
+    colour_depth: int = 2
+    """Hidden layers of the colour MLP."""
+    colour_width: int = 64
+    """Width of the colour MLP."""
+    semantic_depth: int = 1
+    """Hidden layers of the semantic MLP."""
+    semantic_width: int = 64
+    """Width of the semantic MLP."""
+    direction_levels: int = 4
+    """Spherical-harmonic levels of the view-direction encoding."""
+    density_bias: float = -1.0
+    """Added to the raw density before ``trunc_exp`` (nerfacto's ``-1``: starts mostly empty)."""
+
+    @classmethod
+    def for_driver(cls, driver: Driver, **overrides) -> "SAHSFastFieldConfig":
+        """Defaults for ``driver`` (every ``None`` resolved), with optional overrides."""
+        return cls(driver=driver, **overrides).resolved()
+
+    def resolved(self) -> "SAHSFastFieldConfig":
+        """A copy with every ``None`` replaced by its value for ``self.driver``."""
+        if self.driver not in _DRIVER_DEFAULTS:
+            raise ValueError(f"Unknown driver {self.driver!r}; expected one of {sorted(_DRIVER_DEFAULTS)}.")
+        updates = {k: v for k, v in _DRIVER_DEFAULTS[self.driver].items() if getattr(self, k) is None}
+        if self.canonical_code is None:
+            updates["canonical_code"] = self.driver == "expression" or (not self.use_warp and not self.use_hyper)
+        out = dataclasses.replace(self, **updates) if updates else self
+        if out.use_hyper and (out.num_ambient_dims or 0) <= 0:
+            raise ValueError("use_hyper needs num_ambient_dims > 0.")
+        if out.max_res < out.base_res or out.deform_max_res < out.base_res:
+            raise ValueError("max_res and deform_max_res must be >= base_res.")
+        return out
+
+    @property
+    def ambient_dim(self) -> int:
+        """Width of ``w`` (0 when the hyper-space is off)."""
+        cfg = self.resolved()
+        assert cfg.num_ambient_dims is not None
+        return cfg.num_ambient_dims if cfg.use_hyper else 0
+
+    @property
+    def pose_encoding_dim(self) -> int:
+        return encoding_out_dim(self.pose_dim, self.pose_frequencies, False) if self.resolved().use_pose else 0
+
+
+class TorchHashEncoding(HashEncoding):
+    """nerfstudio's :class:`HashEncoding` with a faster torch path (tcnn, when used, is untouched).
+
+    Same table layout, hash (Instant-NGP primes, XOR, modulo the power-of-two table size) and trilinear weights,
+    so the values equal nerfstudio's ``pytorch_fwd`` to float rounding (``tests/test_fast.py``), in about half of
+    the time on a CPU: the per-axis products are hashed once per axis instead of once per corner, in 32-bit
+    integers when they fit (only the low ``log2_hashmap_size`` bits of each product matter), the corners are
+    gathered with ``index_select`` and blended with ``lerp``.
+    """
+
+    def pytorch_fwd(self, in_tensor: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs out_dim"]:
+        shape = in_tensor.shape[:-1]
+        levels, size = self.num_levels, self.hash_table_size
+        mask = size - 1
+        scalings = self.scalings.to(in_tensor.device, in_tensor.dtype)
+        scaled = in_tensor.reshape(-1, 1, 3) * scalings.view(1, -1, 1)
+        floor = torch.floor(scaled)
+        frac = scaled - floor
+        primes = (1, 2654435761 & mask, 805459861 & mask)
+        # (floor + 1) * prime must fit: int32 when it does, int64 otherwise.
+        small = (float(scalings.max()) + 2) * size < 2**31
+        cell = floor.int() if small else floor.long()
+        x0, y0, z0 = cell[..., 0], cell[..., 1] * primes[1], cell[..., 2] * primes[2]
+        x1, y1, z1 = x0 + 1, y0 + primes[1], z0 + primes[2]
+        offset = self.hash_offset.to(in_tensor.device).to(cell.dtype).view(1, levels)
+        table = self.hash_table
+
+        def corner(x: Tensor, y: Tensor, z: Tensor) -> Tensor:
+            index = ((x ^ y ^ z) & mask) + offset
+            # index_select (backward: index_add_) is several times faster on a CPU than advanced indexing.
+            # int64 indices: index_add_ (the backward) is ~9x slower with int32 ones.
+            return table.index_select(0, index.reshape(-1).long()).view(*index.shape, table.shape[-1])
+
+        wx, wy, wz = frac[..., 0:1], frac[..., 1:2], frac[..., 2:3]
+        c00 = torch.lerp(corner(x0, y0, z0), corner(x1, y0, z0), wx)
+        c10 = torch.lerp(corner(x0, y1, z0), corner(x1, y1, z0), wx)
+        c01 = torch.lerp(corner(x0, y0, z1), corner(x1, y0, z1), wx)
+        c11 = torch.lerp(corner(x0, y1, z1), corner(x1, y1, z1), wx)
+        out = torch.lerp(torch.lerp(c00, c10, wy), torch.lerp(c01, c11, wy), wz)
+        return out.reshape(*shape, levels * self.features_per_level)
+
+
+def use_fast_torch_hashing(module: nn.Module) -> None:
+    """Switch every torch-backed nerfstudio :class:`HashEncoding` inside ``module`` (e.g. proposal networks) to
+    :class:`TorchHashEncoding`: same parameters and values, faster on a CPU."""
+    for sub in module.modules():
+        if type(sub) is HashEncoding and sub.tcnn_encoding is None:
+            sub.__class__ = TorchHashEncoding
+
+
+def _hash_grid(num_levels: int, base_res: int, max_res: int, log2_size: int, feats: int, impl: str) -> HashEncoding:
+    return TorchHashEncoding(
+        num_levels=num_levels,
+        min_res=base_res,
+        max_res=max_res,
+        log2_hashmap_size=log2_size,
+        features_per_level=feats,
+        implementation=impl,  # type: ignore[arg-type]
+    )
+
+
+class ConditionedMLP(nn.Module):
+    """A ReLU MLP on ``[per-sample features, per-ray conditioning]`` whose first layer is split in two, so the
+    conditioning part (driving code, pose encoding: ~100 values) is multiplied once per ray, not once per sample.
+    Equivalent to an MLP on the concatenation; always torch (these MLPs are tiny).
+
+    Args:
+        in_dim: per-sample input width.
+        cond_dim: per-ray conditioning width (0: none).
+        num_layers: linear layers in total (>= 2).
+        width: hidden width.
+        out_dim: output width (linear output).
+    """
+
+    def __init__(self, in_dim: int, cond_dim: int, num_layers: int, width: int, out_dim: int) -> None:
+        super().__init__()
+        if num_layers < 2:
+            raise ValueError("ConditionedMLP needs at least 2 layers.")
+        self.first = nn.Linear(in_dim, width)
+        self.cond = nn.Linear(cond_dim, width, bias=False) if cond_dim > 0 else None
+        self.rest = MLP(
+            in_dim=width,
+            num_layers=num_layers - 1,
+            layer_width=width,
+            out_dim=out_dim,
+            activation=nn.ReLU(),
+            out_activation=None,
+            implementation="torch",
+        )
+
+    @property
+    def last(self) -> nn.Linear:
+        layer = self.rest.layers[-1]
+        assert isinstance(layer, nn.Linear)
+        return layer
+
+    def forward(self, x: Float[Tensor, "*bs in_dim"], cond: Float[Tensor, "*cbs cond_dim"] | None) -> Tensor:
+        h = self.first(x)
+        if self.cond is not None:
+            assert cond is not None
+            h = h + self.cond(cond)  # broadcast [N, 1, W] over the samples [N, S, W]
+        return self.rest(F.relu(h))
+
+
+class HyperPlanes(nn.Module):
+    """Multiresolution dense 2-D feature planes over ``(x'_i, w_k)`` for every spatial axis ``i`` and ambient ``k``.
+
+    Coordinates are in ``[-1, 1]`` (both ``x'`` normalised to the scene box and ``w``); lookups are bilinear with
+    the border value outside. Output: the features of every plane and level, concatenated
+    (``3 * num_ambient * channels * len(resolutions)`` values).
+    """
+
+    def __init__(self, num_ambient: int, resolutions: tuple[int, ...], channels: int, init_std: float) -> None:
+        super().__init__()
+        self.num_ambient = num_ambient
+        self.num_planes = 3 * num_ambient
+        self.channels = channels
+        # One tensor per level, holding all planes as grid_sample's batch dimension: [P, C, R(w), R(x)].
+        self.levels = nn.ParameterList(
+            [nn.Parameter(torch.randn(self.num_planes, channels, r, r) * init_std) for r in resolutions]
+        )
+
+    def get_out_dim(self) -> int:
+        return self.num_planes * self.channels * len(self.levels)
+
+    def forward(
+        self, x_unit: Float[Tensor, "*bs 3"], ambient: Float[Tensor, "*bs num_ambient"]
+    ) -> Float[Tensor, "*bs out_dim"]:
+        batch_shape = x_unit.shape[:-1]
+        m = int(math.prod(batch_shape))
+        x = x_unit.reshape(m, 1, 3).expand(m, self.num_ambient, 3)
+        w = ambient.reshape(m, self.num_ambient, 1).expand(m, self.num_ambient, 3)
+        # Plane (k, i) reads (u, v) = (x'_i, w_k); planes ordered ambient-major.
+        coords = torch.stack([x, w], dim=-1).reshape(m, self.num_planes, 2).permute(1, 0, 2)[:, None]
+        feats = [
+            F.grid_sample(level, coords.to(level.dtype), mode="bilinear", padding_mode="border", align_corners=True)
+            for level in self.levels
+        ]  # each [P, C, 1, m]
+        out = torch.cat(feats, dim=1)[:, :, 0]  # [P, C * L, m]
+        return out.permute(2, 0, 1).reshape(*batch_shape, self.get_out_dim())
+
+
+class SAHSFastField(Field):
+    """Grid-based SAHS field (one level; proposal networks do the coarse sampling).
+
+    Args:
+        config: the field configuration (resolved for its driver inside).
+        aabb: the scene box ``[[min xyz], [max xyz]]``; all grids cover it.
+    """
+
+    def __init__(self, config: SAHSFastFieldConfig, aabb: Float[Tensor, "2 3"] | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config.resolved()
+        if aabb is None:
+            aabb = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+        self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).clone())
+        impl = cfg.implementation
+        self.num_ambient = cfg.ambient_dim
+        self.pose_encoding = (
+            positional_encoding(cfg.pose_dim, cfg.pose_frequencies, include_input=False) if cfg.use_pose else None
+        )
+
+        # Deformation network on x (absent when both warp and hyper are off): [grid(x)] + per-ray [a, PE(p)?].
+        self.deform_grid: HashEncoding | None = None
+        self.deform_mlp: ConditionedMLP | None = None
+        deform_out = (3 if cfg.use_warp else 0) + self.num_ambient
+        if deform_out > 0:
+            self.deform_grid = _hash_grid(
+                cfg.deform_num_levels,
+                cfg.base_res,
+                cfg.deform_max_res,
+                cfg.deform_log2_hashmap_size,
+                cfg.features_per_level,
+                impl,
+            )
+            self.deform_mlp = ConditionedMLP(
+                self.deform_grid.get_out_dim(),
+                cfg.code_dim + cfg.pose_encoding_dim,
+                cfg.deform_depth + 1,
+                cfg.deform_width,
+                deform_out,
+            )
+            if cfg.deformation_init_scale > 0:
+                nn.init.uniform_(self.deform_mlp.last.weight, -cfg.deformation_init_scale, cfg.deformation_init_scale)
+                nn.init.zeros_(self.deform_mlp.last.bias)
+
+        # Canonical density: [grid(x'), planes(x', w)] + per-ray [PE(p)?, a?].
+        self.grid = _hash_grid(
+            cfg.num_levels, cfg.base_res, cfg.max_res, cfg.log2_hashmap_size, cfg.features_per_level, impl
+        )
+        self.planes = (
+            HyperPlanes(self.num_ambient, cfg.plane_resolutions, cfg.plane_channels, cfg.plane_init_std)
+            if self.num_ambient > 0
+            else None
+        )
+        self.density_mlp = ConditionedMLP(
+            self.grid.get_out_dim() + (self.planes.get_out_dim() if self.planes is not None else 0),
+            cfg.pose_encoding_dim + (cfg.code_dim if cfg.canonical_code else 0),
+            2,
+            cfg.hidden_dim,
+            1 + cfg.geo_feat_dim,
+        )
+        self.direction_encoding = SHEncoding(levels=cfg.direction_levels, implementation=impl)
+        self.colour_mlp = MLP(
+            in_dim=cfg.geo_feat_dim + self.direction_encoding.get_out_dim(),
+            num_layers=cfg.colour_depth + 1,
+            layer_width=cfg.colour_width,
+            out_dim=3,
+            activation=nn.ReLU(),
+            out_activation=nn.Sigmoid(),
+            implementation=impl,
+        )
+        self.semantic_mlp = (
+            MLP(
+                in_dim=cfg.geo_feat_dim,
+                num_layers=cfg.semantic_depth + 1,
+                layer_width=cfg.semantic_width,
+                out_dim=cfg.num_classes,
+                activation=nn.ReLU(),
+                out_activation=None,
+                implementation=impl,
+            )
+            if cfg.use_semantics
+            else None
+        )
+
+    # ------------------------------------------------------------------------------------------
+
+    def unit(self, positions: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 3"]:
+        """Positions mapped so that the scene box spans [0, 1] on every axis."""
+        aabb: Tensor = self.aabb  # type: ignore[assignment]
+        return (positions - aabb[0]) / (aabb[1] - aabb[0])
+
+    def _encode(self, grid: HashEncoding, unit: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs enc"]:
+        return grid(unit.clamp(0.0, 1.0).reshape(-1, 3)).reshape(*unit.shape[:-1], -1).to(unit.dtype)
+
+    def deform(
+        self, x: Float[Tensor, "*bs 3"], cond: Float[Tensor, "*cbs cond"] | None
+    ) -> tuple[Float[Tensor, "*bs 3"], Float[Tensor, "*bs A"], Float[Tensor, "*bs 3"]]:
+        """``(x', w, offset)`` for observation-space points; ``cond`` = per-ray ``[a, PE(p)?]``."""
+        batch_shape = x.shape[:-1]
+        if self.deform_mlp is None or self.deform_grid is None:
+            return x, x.new_zeros(*batch_shape, 0), torch.zeros_like(x)
+        out = self.deform_mlp(self._encode(self.deform_grid, self.unit(x)), cond)
+        if self.config.use_warp:
+            offset = self.config.max_offset * torch.tanh(out[..., :3])
+            ambient = torch.tanh(out[..., 3:])
+        else:
+            offset = torch.zeros_like(x)
+            ambient = torch.tanh(out)
+        return x + offset, ambient, offset
+
+    def forward_points(
+        self,
+        positions: Float[Tensor, "*bs 3"],
+        directions: Float[Tensor, "*dbs 3"] | None,
+        code: Float[Tensor, "*cbs code_dim"],
+        pose: Float[Tensor, "*cbs pose_dim"] | None = None,
+    ) -> dict[str, Tensor]:
+        """The field at plain points (see :meth:`SAHSField.forward_points`); ``"density"`` is ``trunc_exp``.
+
+        ``code`` and ``pose`` stay at their (per-ray) shape until the first MLP layer, which broadcasts them.
+        """
+        cfg = self.config
+        batch_shape = positions.shape[:-1]
+        pose_enc = None
+        if self.pose_encoding is not None:
+            if pose is None:
+                raise ValueError("This field is pose-conditioned (use_pose) but no pose was given.")
+            pose_enc = self.pose_encoding(pose)
+        deform_cond = code if pose_enc is None else torch.cat([code, pose_enc.expand(*code.shape[:-1], -1)], dim=-1)
+        x_canon, ambient, offset = self.deform(positions, deform_cond)
+
+        unit = self.unit(x_canon)
+        inside = ((unit > 0.0) & (unit < 1.0)).all(dim=-1, keepdim=True)
+        parts = [self._encode(self.grid, unit)]
+        if self.planes is not None:
+            parts.append(self.planes(unit.clamp(0.0, 1.0) * 2.0 - 1.0, ambient))
+        cond_parts = ([pose_enc] if pose_enc is not None else []) + ([code] if cfg.canonical_code else [])
+        if len(cond_parts) == 2:
+            cond_parts = [torch.cat([cond_parts[0].expand(*code.shape[:-1], -1), cond_parts[1]], dim=-1)]
+        h = self.density_mlp(torch.cat(parts, dim=-1), cond_parts[0] if cond_parts else None)
+        raw, feat = h[..., :1], h[..., 1:]
+        density = trunc_exp(raw + cfg.density_bias) * inside
+        out: dict[str, Tensor] = {
+            "density": density,
+            "density_raw": raw,
+            "feat": feat,
+            DEFORMATION_KEY: offset.norm(dim=-1, keepdim=True),
+            AMBIENT_KEY: ambient,
+            "offset": offset,
+        }
+        if directions is not None:
+            dirs = directions.expand(*batch_shape, 3)
+            if self.direction_encoding.tcnn_encoding is not None:
+                dirs = (dirs + 1.0) / 2.0  # tcnn's SH encoding reads directions mapped to [0, 1]
+            d_enc = self.direction_encoding(dirs.reshape(-1, 3)).reshape(*batch_shape, -1).to(feat.dtype)
+            rgb_in = torch.cat([feat, d_enc], dim=-1)
+            out["rgb"] = self.colour_mlp(rgb_in.reshape(-1, rgb_in.shape[-1])).reshape(*batch_shape, 3).float()
+            if self.semantic_mlp is not None:
+                logits = self.semantic_mlp(feat.reshape(-1, feat.shape[-1]))
+                out["semantics"] = logits.reshape(*batch_shape, -1).float()
+        return out
+
+    def _conditioning(self, ray_samples: RaySamples) -> tuple[Tensor, Tensor | None]:
+        metadata = ray_samples.metadata or {}
+        if DRIVING_CODE_KEY not in metadata:
+            raise KeyError(f"SAHSFastField needs ray_samples.metadata[{DRIVING_CODE_KEY!r}].")
+        pose = metadata.get(POSE_KEY) if self.config.use_pose else None
+        if self.config.use_pose and pose is None:
+            raise KeyError(f"This SAHSFastField uses the pose: ray_samples.metadata[{POSE_KEY!r}] is missing.")
+        return metadata[DRIVING_CODE_KEY], pose
+
+    def _query(self, ray_samples: RaySamples, with_colour: bool) -> dict[str, Tensor]:
+        code, pose = self._conditioning(ray_samples)
+        positions = ray_samples.frustums.get_positions()
+        directions = ray_samples.frustums.directions if with_colour else None
+        return self.forward_points(positions, directions, code, pose)
+
+    def get_density(self, ray_samples: RaySamples) -> tuple[Float[Tensor, "*bs 1"], Float[Tensor, "*bs feat"]]:
+        out = self._query(ray_samples, with_colour=False)
+        return out["density"], out["feat"]
+
+    def get_outputs(
+        self, ray_samples: RaySamples, density_embedding: Tensor | None = None
+    ) -> dict[FieldHeadNames, Tensor]:
+        del density_embedding
+        return self._to_heads(self._query(ray_samples, with_colour=True))
+
+    @staticmethod
+    def _to_heads(out: dict[str, Tensor]) -> dict[FieldHeadNames, Tensor]:
+        heads: dict = {
+            FieldHeadNames.RGB: out["rgb"],
+            FieldHeadNames.DENSITY: out["density"],
+            DEFORMATION_KEY: out[DEFORMATION_KEY],
+            AMBIENT_KEY: out[AMBIENT_KEY],
+        }
+        if "semantics" in out:
+            heads[FieldHeadNames.SEMANTICS] = out["semantics"]
+        return heads
+
+    def forward(self, ray_samples: RaySamples, compute_normals: bool = False) -> dict[FieldHeadNames, Tensor]:
+        """RGB, DENSITY, SEMANTICS logits (when on), ``"deformation"`` and ``"ambient"``, in one evaluation."""
+        if compute_normals:
+            raise NotImplementedError("SAHSFastField does not compute normals.")
+        return self._to_heads(self._query(ray_samples, with_colour=True))

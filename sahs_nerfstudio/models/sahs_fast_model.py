@@ -1,0 +1,191 @@
+"""``sahs-fast``: the SAHS model on hash grids with proposal-network sampling.
+
+Everything but the renderer is :class:`~sahs_nerfstudio.models.sahs_model.SAHSModel`'s: the driving code
+(expression, or AudioNet/AudioAttNet of the audio window), the pose code, the viewer/eval metadata handling, the
+background composited as a last sample at infinity with the background label, the losses (RGB + CE on rendered
+class probabilities + the mouth term, and the per-class statistics the semantic ray sampler reads) and the
+metrics. What changes:
+
+* the field is :class:`~sahs_nerfstudio.fields.fast_field.SAHSFastField` (hash grid on ``x'``, (x'_i, w_k)
+  planes for the hyper-space, small MLPs) instead of two 8x256 MLP NeRFs;
+* one field level rendered at samples placed by nerfstudio's proposal networks (``HashMLPDensityField``,
+  unconditioned: they learn an envelope of the density over all expressions) instead of coarse + fine, with
+  nerfacto's interlevel and distortion losses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.fields.density_fields import HashMLPDensityField
+from nerfstudio.model_components.losses import distortion_loss, interlevel_loss
+from nerfstudio.model_components.ray_samplers import ProposalNetworkSampler, UniformSampler
+from torch import Tensor
+from torch.nn import Parameter
+
+from sahs_nerfstudio.data.semantics import colorize
+from sahs_nerfstudio.fields.fast_field import SAHSFastField, SAHSFastFieldConfig, use_fast_torch_hashing
+from sahs_nerfstudio.models.sahs_model import SAHSModel, SAHSModelConfig
+
+
+def _default_proposal_args() -> list[dict[str, Any]]:
+    return [
+        {"hidden_dim": 16, "log2_hashmap_size": 17, "num_levels": 5, "max_res": 128, "use_linear": False},
+        {"hidden_dim": 16, "log2_hashmap_size": 17, "num_levels": 5, "max_res": 256, "use_linear": False},
+    ]
+
+
+@dataclass
+class SAHSFastModelConfig(SAHSModelConfig):
+    """``sahs-fast`` defaults: 512x512 talking-head video on one GPU (40k steps of 4096 rays).
+
+    ``num_coarse_samples``, ``num_importance_samples`` and ``share_deformation`` (inherited) are unused.
+    """
+
+    _target: type = field(default_factory=lambda: SAHSFastModel)
+    audio_field: SAHSFastFieldConfig = field(default_factory=lambda: SAHSFastFieldConfig.for_driver("audio"))  # type: ignore[assignment]
+    """Grid field used with the audio driver."""
+    expression_field: SAHSFastFieldConfig = field(default_factory=lambda: SAHSFastFieldConfig.for_driver("expression"))  # type: ignore[assignment]
+    """Grid field used with the expression driver."""
+    audio_attention_start_step: int = 30_000
+    """Step from which AudioAttNet smooths the audio code (3/4 of the default schedule)."""
+    num_proposal_samples_per_ray: tuple[int, ...] = (128, 64)
+    """Samples per ray of each proposal level (the head spans the whole near/far interval: no contraction)."""
+    num_nerf_samples_per_ray: int = 32
+    """Samples per ray of the SAHS field."""
+    num_proposal_iterations: int = 2
+    """Proposal levels."""
+    proposal_net_args_list: list[dict[str, Any]] = field(default_factory=_default_proposal_args)
+    """Arguments of each proposal ``HashMLPDensityField``."""
+    proposal_update_every: int = 5
+    """Proposal-network update interval after the warmup (as nerfacto)."""
+    proposal_warmup: int = 5000
+    """Steps over which the update interval ramps from 1 to ``proposal_update_every``."""
+    use_proposal_weight_anneal: bool = True
+    """Anneal the proposal weights (mip-NeRF 360 eq. 18) early in training."""
+    proposal_weights_anneal_slope: float = 10.0
+    """Slope of that annealing."""
+    proposal_weights_anneal_max_num_iters: int = 1000
+    """Steps of that annealing."""
+    use_single_jitter: bool = True
+    """One jitter per ray for the stratified initial samples."""
+    interlevel_loss_mult: float = 1.0
+    """Weight of the proposal (interlevel) loss."""
+    distortion_loss_mult: float = 0.002
+    """Weight of mip-NeRF 360's distortion loss on the field's weights."""
+    implementation: Literal["tcnn", "torch"] = "tcnn"
+    """Implementation of the proposal networks' grids/MLPs (the field has its own ``implementation``)."""
+
+
+class SAHSFastModel(SAHSModel):
+    """SAHS on hash grids with proposal sampling; one rendered level."""
+
+    config: SAHSFastModelConfig  # type: ignore[assignment]
+
+    def build_renderer(self) -> None:
+        """Called by :meth:`SAHSModel.populate_modules`, which sets up conditioning, buffers and metrics."""
+        cfg = self.config
+        aabb = self.scene_box.aabb
+        if not isinstance(self.field_config, SAHSFastFieldConfig):
+            raise TypeError("sahs-fast needs SAHSFastFieldConfig fields (audio_field / expression_field).")
+        self.field = SAHSFastField(self.field_config, aabb=aabb)
+        self.proposal_networks = torch.nn.ModuleList()
+        for i in range(cfg.num_proposal_iterations):
+            args = cfg.proposal_net_args_list[min(i, len(cfg.proposal_net_args_list) - 1)]
+            self.proposal_networks.append(HashMLPDensityField(aabb, implementation=cfg.implementation, **args))
+        use_fast_torch_hashing(self.proposal_networks)  # same values, faster when the grids run in torch
+        self.density_fns = [net.density_fn for net in self.proposal_networks]  # type: ignore[attr-defined]
+
+        def update_schedule(step: int) -> float:
+            return float(
+                np.clip(
+                    np.interp(step, [0, cfg.proposal_warmup], [0, cfg.proposal_update_every]),
+                    1,
+                    cfg.proposal_update_every,
+                )
+            )
+
+        self.proposal_sampler = ProposalNetworkSampler(
+            num_nerf_samples_per_ray=cfg.num_nerf_samples_per_ray,
+            num_proposal_samples_per_ray=tuple(cfg.num_proposal_samples_per_ray),
+            num_proposal_network_iterations=cfg.num_proposal_iterations,
+            single_jitter=cfg.use_single_jitter,
+            update_sched=update_schedule,
+            # The talking head fills a bounded near/far interval: uniform, not nerfacto's lin-disp.
+            initial_sampler=UniformSampler(single_jitter=cfg.use_single_jitter),
+        )
+
+    def get_param_groups(self) -> dict[str, list[Parameter]]:
+        groups: dict[str, list[Parameter]] = {
+            "fields": list(self.field.parameters()),
+            "proposal_networks": list(self.proposal_networks.parameters()),
+        }
+        if self.audio_encoder is not None:
+            groups["audio_net"] = list(self.audio_encoder.audio_net.parameters())
+            if self.config.use_audio_attention:
+                groups["audio_attention"] = list(self.audio_encoder.att_net.parameters())
+        return groups
+
+    def get_training_callbacks(
+        self, training_callback_attributes: TrainingCallbackAttributes
+    ) -> list[TrainingCallback]:
+        callbacks = super().get_training_callbacks(training_callback_attributes)
+        cfg = self.config
+        if cfg.use_proposal_weight_anneal:
+
+            def set_anneal(step: int) -> None:
+                frac = float(np.clip(step / max(cfg.proposal_weights_anneal_max_num_iters, 1), 0, 1))
+                b = cfg.proposal_weights_anneal_slope
+                self.proposal_sampler.set_anneal(b * frac / ((b - 1) * frac + 1))
+
+            callbacks.append(
+                TrainingCallback(
+                    where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
+                    update_every_num_iters=1,
+                    func=set_anneal,
+                )
+            )
+        callbacks.append(
+            TrainingCallback(
+                where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
+                update_every_num_iters=1,
+                func=self.proposal_sampler.step_cb,
+            )
+        )
+        return callbacks
+
+    def get_outputs(self, ray_bundle: RayBundle) -> dict[str, Tensor]:  # type: ignore[override]
+        bg_rgb = self.prepare_rays(ray_bundle)  # driving code + pose per ray, background colour (as sahs)
+
+        ray_samples, weights_list, ray_samples_list = self.proposal_sampler(ray_bundle, density_fns=self.density_fns)
+        level, weights = self._render_level(self.field, ray_samples, bg_rgb)  # type: ignore[arg-type]
+        weights_list.append(weights)
+        ray_samples_list.append(ray_samples)
+
+        outputs: dict[str, Any] = dict(level)
+        if "semantics_probs" in level:
+            outputs["semantics"] = colorize(level["semantics_probs"].argmax(dim=-1))
+        if "ambient" in level:
+            amb = level["ambient"] * 0.5 + 0.5  # the fast field's w is already in (-1, 1)
+            outputs["ambient_image"] = torch.cat([amb, amb[:, :1], torch.full_like(amb[:, :1], 0.5)], dim=-1)[:, :3]
+        if self.training:
+            outputs["weights_list"] = weights_list
+            outputs["ray_samples_list"] = ray_samples_list
+        return outputs
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> dict[str, Tensor]:
+        losses = super().get_loss_dict(outputs, batch, metrics_dict)
+        if self.training and "weights_list" in outputs:
+            losses["interlevel_loss"] = self.config.interlevel_loss_mult * interlevel_loss(
+                outputs["weights_list"], outputs["ray_samples_list"]
+            )
+            if self.config.distortion_loss_mult > 0:
+                losses["distortion_loss"] = self.config.distortion_loss_mult * distortion_loss(
+                    outputs["weights_list"], outputs["ray_samples_list"]
+                )
+        return losses
