@@ -14,7 +14,7 @@ import torch
 torch.set_num_threads(1)
 os.environ["OMP_NUM_THREADS"] = "1"
 
-from sahs_nerfstudio.data.synthetic import SyntheticConfig, generate_subject
+from sahs_nerfstudio.data.synthetic import SyntheticConfig, generate_subject  # noqa: E402
 
 
 @pytest.fixture(scope="session")
