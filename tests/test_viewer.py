@@ -60,9 +60,15 @@ def _model(driver: str = "expression", frames: int = 12):
         num_coarse_samples=6,
         num_importance_samples=6,
     )
+    torch.manual_seed(0)
     model = config.setup(
         scene_box=SceneBox(aabb=torch.tensor([[-0.5] * 3, [0.5] * 3])), num_train_data=frames, metadata=meta
     )
+    # An untrained ReLU density can be zero everywhere (the render is then only the background and no
+    # control could change it): give the density a positive bias so the field shows.
+    with torch.no_grad():
+        for field in (model.field_coarse, model.field_fine):
+            field.canonical.trunk.layers[-1].bias[0] = 2.0
     model.eval()
     return model
 
