@@ -45,6 +45,17 @@ def _adam(lr: float, max_steps: int = PUBLISHED_STEPS) -> dict:
     }
 
 
+def sahs_datamanager(rays: int) -> VanillaDataManagerConfig:
+    """nerfstudio's data manager on ``sahs-data`` with semantic labels and the semantic ray sampler."""
+    return VanillaDataManagerConfig(
+        _target=VanillaDataManager[SAHSDataset],
+        dataparser=SAHSDataParserConfig(),
+        pixel_sampler=SemanticPixelSamplerConfig(),
+        train_num_rays_per_batch=rays,
+        eval_num_rays_per_batch=rays,
+    )
+
+
 def sahs_trainer_config() -> TrainerConfig:
     """The faithful method: 500k steps of 2048 rays, Adam 5e-4 decaying by 10x every 250k steps."""
     return SAHSTrainerConfig(
@@ -55,13 +66,7 @@ def sahs_trainer_config() -> TrainerConfig:
         max_num_iterations=PUBLISHED_STEPS,
         mixed_precision=False,
         pipeline=SAHSPipelineConfig(
-            datamanager=VanillaDataManagerConfig(
-                _target=VanillaDataManager[SAHSDataset],
-                dataparser=SAHSDataParserConfig(),
-                pixel_sampler=SemanticPixelSamplerConfig(),
-                train_num_rays_per_batch=2048,
-                eval_num_rays_per_batch=2048,
-            ),
+            datamanager=sahs_datamanager(2048),
             model=SAHSModelConfig(eval_num_rays_per_chunk=4096),
         ),
         optimizers={
@@ -116,13 +121,7 @@ def sahs_fast_trainer_config() -> TrainerConfig:
         max_num_iterations=FAST_STEPS,
         mixed_precision=False,
         pipeline=SAHSPipelineConfig(
-            datamanager=VanillaDataManagerConfig(
-                _target=VanillaDataManager[SAHSDataset],
-                dataparser=SAHSDataParserConfig(),
-                pixel_sampler=SemanticPixelSamplerConfig(),
-                train_num_rays_per_batch=4096,
-                eval_num_rays_per_batch=4096,
-            ),
+            datamanager=sahs_datamanager(4096),
             model=SAHSFastModelConfig(eval_num_rays_per_chunk=1 << 15),
         ),
         optimizers=fast_optimizers(),

@@ -323,7 +323,9 @@ def read_audio_features(path: Path) -> Float[np.ndarray, "N W C"]:
     except (OSError, ValueError) as err:
         raise FormatError(path, "<array>", "a readable .npy array", f"{type(err).__name__}: {err}") from None
     if feats.ndim != 3:
-        raise FormatError(path, "<array>", "rank 3 [frames, window, channels], e.g. [N, 16, 29]", f"shape {feats.shape}")
+        raise FormatError(
+            path, "<array>", "rank 3 [frames, window, channels], e.g. [N, 16, 29]", f"shape {feats.shape}"
+        )
     if feats.shape[0] == 0:
         raise FormatError(path, "<array>", "at least one frame", f"shape {feats.shape}")
     if not np.all(np.isfinite(feats)):

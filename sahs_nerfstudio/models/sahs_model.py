@@ -174,7 +174,9 @@ class SAHSModel(Model):
                 groups["audio_attention"] = list(self.audio_encoder.att_net.parameters())
         return groups
 
-    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+    def get_training_callbacks(
+        self, training_callback_attributes: TrainingCallbackAttributes
+    ) -> List[TrainingCallback]:
         def set_step(step: int) -> None:
             self.trained_steps.fill_(step)
 
@@ -331,7 +333,9 @@ class SAHSModel(Model):
             return meta["driving_code"].to(device)
         if "driver" in meta:
             audio_index = meta.get("audio_index")
-            return self.encode_driver(meta["driver"].to(device), None if audio_index is None else audio_index.to(device))
+            return self.encode_driver(
+                meta["driver"].to(device), None if audio_index is None else audio_index.to(device)
+            )
         avatar = getattr(self, "avatar", None)
         code = None if avatar is None else avatar.driving_code(self)
         if code is not None:
@@ -453,4 +457,3 @@ def mean_iou(pred: Int[Tensor, "*bs"], target: Int[Tensor, "*bs"]) -> float:
         p, t = pred == cls, target == cls
         ious.append(float((p & t).sum()) / max(float((p | t).sum()), 1.0))
     return sum(ious) / len(ious) if ious else math.nan
-

@@ -61,7 +61,9 @@ def run(config: DemoConfig) -> dict:
     config_path = trainer_config.get_base_dir() / "config.yml"
 
     CONSOLE.rule("3/3 evaluate and render the held-out split")
-    metrics = render_split_video(config_path, config.video, split="test", side_by_side=True, max_frames=config.max_frames)
+    metrics = render_split_video(
+        config_path, config.video, split="test", side_by_side=True, max_frames=config.max_frames
+    )
     out_json = config.video.with_suffix(".json")
     out_json.write_text(json.dumps(metrics, indent=2))
     table = Table(title=f"held-out metrics ({config.layout}, {config.steps} steps)")

@@ -35,7 +35,15 @@ def distributed_worker(
 
         original = _ORIGINAL_WORKER or ns_train._distributed_worker
         return original(
-            local_rank, main_func, world_size, num_devices_per_machine, machine_rank, dist_url, config, timeout, device_type
+            local_rank,
+            main_func,
+            world_size,
+            num_devices_per_machine,
+            machine_rank,
+            dist_url,
+            config,
+            timeout,
+            device_type,
         )
     global_rank = machine_rank * num_devices_per_machine + local_rank
     dist.init_process_group(

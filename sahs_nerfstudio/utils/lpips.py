@@ -27,7 +27,9 @@ def make_lpips() -> Optional[torch.nn.Module]:
     path = alexnet_weights_path()
     if not path.is_file():
         if not _warned:
-            CONSOLE.print(f"[yellow]LPIPS skipped: AlexNet weights not found at {path} (offline; nothing is downloaded).")
+            CONSOLE.print(
+                f"[yellow]LPIPS skipped: AlexNet weights not found at {path} (offline; nothing is downloaded)."
+            )
             _warned = True
         return None
     from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
