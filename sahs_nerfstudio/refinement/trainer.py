@@ -38,6 +38,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor
 
 from sahs_nerfstudio.refinement.networks import RefinerNetwork, RefinerNetworkConfig
+from sahs_nerfstudio.utils.checkpoints import numpy_safe_globals
 
 CONSOLE = Console(width=120)
 
@@ -292,7 +293,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 def network_config_from_dict(values: dict[str, Any]) -> RefinerNetworkConfig:
     known = set(RefinerNetworkConfig.__dataclass_fields__)
-    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in known}
+    kwargs: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in known}
     return RefinerNetworkConfig(**kwargs)
 
 
@@ -475,7 +476,9 @@ def train_refiner(
 
     torch.manual_seed(config.seed)
     model = RefinerNetwork(net_config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=tuple(config.betas))
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.lr, betas=(float(config.betas[0]), float(config.betas[1]))
+    )
     epoch_losses: list[float] = []
     start_epoch = 0
     if state is not None:
@@ -762,7 +765,7 @@ def evaluate_refiner(
             for tag, pred in (("before", render), ("after", refined)):
                 scores = {
                     "psnr": float(peak_signal_noise_ratio(pred, gt, data_range=1.0)),
-                    "ssim": float(structural_similarity_index_measure(pred, gt, data_range=1.0)),
+                    "ssim": float(structural_similarity_index_measure(pred, gt, data_range=1.0)),  # type: ignore[arg-type]
                 }
                 if lpips_metric is not None:
                     with torch.no_grad():
@@ -806,9 +809,8 @@ def _load_stage_one_pipeline(config_path: Path) -> Any:
 
     # nerfstudio 1.1.5 checkpoints hold numpy scalars, which torch >= 2.6's weights-only torch.load
     # refuses (ns-eval / ns-render fail the same way): allow exactly those numpy types.
-    numpy_globals = [np.core.multiarray.scalar, np.dtype, *(getattr(np.dtypes, n) for n in np.dtypes.__all__)]
     try:
-        with torch.serialization.safe_globals(numpy_globals):
+        with torch.serialization.safe_globals(numpy_safe_globals()):
             _, pipeline, _, _ = eval_setup(Path(config_path), test_mode="test")
     except pickle.UnpicklingError as exc:
         first = str(exc).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]

@@ -53,7 +53,12 @@ def run(config: DemoConfig) -> dict:
     data = config.data / config.layout
     CONSOLE.rule(f"2/3 ns-train sahs --data {data} (CPU preset, {config.steps} steps)")
     trainer_config = cpu_trainer_config(
-        data, steps=config.steps, rays=config.rays, output_dir=config.output_dir, field=TINY_FIELD, **TINY_MODEL
+        data,
+        steps=config.steps,
+        rays=config.rays,
+        output_dir=config.output_dir,
+        field=TINY_FIELD,
+        **TINY_MODEL,  # type: ignore[arg-type]
     )
     trainer_config.experiment_name = f"demo-{config.layout}"
     trainer_config.set_timestamp()

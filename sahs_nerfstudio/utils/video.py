@@ -115,7 +115,7 @@ def write_video(
     path = Path(path)
     if not fps or fps <= 0:
         raise ValueError(f"write_video: fps must be positive, found {fps}")
-    rate = _frame_rate(fps)
+    rate = _frame_rate(float(fps))
     audio_arr: np.ndarray | None = None
     if audio is not None:
         if sample_rate is None or int(sample_rate) <= 0:
@@ -157,6 +157,7 @@ def write_video(
             nonlocal audio_pos
             if astream is None or fifo is None or audio_arr is None:
                 return
+            assert sample_rate is not None
             end = len(audio_arr) if seconds is None else min(len(audio_arr), int(round(seconds * sample_rate)))
             if end > audio_pos:
                 chunk = audio_arr[audio_pos:end][None, :]
@@ -204,6 +205,7 @@ def write_video(
             push_audio_until(None)
             for packet in astream.encode(None):
                 container.mux(packet)
+            assert sample_rate is not None
             audio_seconds = len(audio_arr) / sample_rate
         container.close()
     except BaseException:
