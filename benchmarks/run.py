@@ -32,6 +32,7 @@ import os
 import platform
 import resource
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -542,6 +543,8 @@ def run_refinement(cfg: BenchmarkConfig, trainer, step: int) -> dict[str, Any]:
     trainer.save_checkpoint(step)
     config_path = trainer.config.get_base_dir() / "config.yml"
     out = trainer.config.get_base_dir() / "stage2"
+    # Stage-I renders and refiner checkpoints are reused when present: a rerun must not score stale ones.
+    shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     train_renders, train_gt = render_stage_one(config_path, "train", out / "train")
     test_renders, test_gt = render_stage_one(config_path, "eval", out / "test")
