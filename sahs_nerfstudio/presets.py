@@ -109,16 +109,23 @@ def cpu_trainer_config(
     return config
 
 
-def cpu_flags() -> List[str]:
-    """The ``ns-train sahs`` flags equivalent to :func:`cpu_model_config` (for the README)."""
-    flags = []
-    for driver in ("audio-field", "expression-field"):
-        for key, value in CPU_FIELD.items():
-            rendered = " ".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
-            flags.append(f"--pipeline.model.{driver}.{key.replace('_', '-')} {rendered}")
-    for key, value in CPU_MODEL.items():
-        flags.append(f"--pipeline.model.{key.replace('_', '-')} {value}")
+def model_flags(
+    field: Dict[str, object], model: Dict[str, object], fields: tuple = ("audio-field", "expression-field")
+) -> List[str]:
+    """``ns-train sahs`` arguments (one token each) equivalent to a preset's field and model sizes."""
+    flags: List[str] = []
+    for name in fields:
+        for key, value in field.items():
+            rendered = [str(v) for v in value] if isinstance(value, tuple) else [str(value)]
+            flags += [f"--pipeline.model.{name}.{key.replace('_', '-')}", *rendered]
+    for key, value in model.items():
+        flags += [f"--pipeline.model.{key.replace('_', '-')}", str(value)]
     return flags
+
+
+def cpu_flags() -> List[str]:
+    """The ``ns-train sahs`` arguments equivalent to :func:`cpu_model_config`."""
+    return model_flags(CPU_FIELD, CPU_MODEL)
 
 
 def tiny_trainer_config(data: Path, steps: int = 300, rays: int = 256, output_dir: Path = Path("outputs"), **kw):

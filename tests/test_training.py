@@ -15,7 +15,7 @@ from nerfstudio.utils.eval_utils import eval_setup
 
 import sahs_nerfstudio.sahs_config  # noqa: F401  (registers numpy types for checkpoint loading)
 from sahs_nerfstudio.data.semantics import MOUTH_CLASSES
-from sahs_nerfstudio.presets import TINY_FIELD, TINY_MODEL, tiny_trainer_config
+from sahs_nerfstudio.presets import TINY_FIELD, TINY_MODEL, model_flags, tiny_trainer_config
 
 STEPS = 400
 
@@ -117,13 +117,7 @@ def _ns(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 def test_ns_train_cli_then_ns_eval_and_ns_render(subject_train, tmp_path):
     bindir = Path(sys.executable).parent
-    flags = []
-    for driver in ("expression-field",):
-        for key, value in TINY_FIELD.items():
-            rendered = [str(v) for v in value] if isinstance(value, tuple) else [str(value)]
-            flags += [f"--pipeline.model.{driver}.{key.replace('_', '-')}", *rendered]
-    for key, value in TINY_MODEL.items():
-        flags += [f"--pipeline.model.{key.replace('_', '-')}", str(value)]
+    flags = model_flags(TINY_FIELD, TINY_MODEL, fields=("expression-field",))
     train = _ns(
         [
             str(bindir / "ns-train"),
@@ -187,10 +181,7 @@ def test_ns_train_cli_then_ns_eval_and_ns_render(subject_train, tmp_path):
 def test_two_cpu_processes_train_with_gloo(subject_train, tmp_path):
     """`--machine.num-devices 2` on the CPU: two DDP processes (gloo) train and rank 0 checkpoints."""
     bindir = Path(sys.executable).parent
-    flags = []
-    for key, value in TINY_FIELD.items():
-        rendered = [str(v) for v in value] if isinstance(value, tuple) else [str(value)]
-        flags += [f"--pipeline.model.expression-field.{key.replace('_', '-')}", *rendered]
+    flags = model_flags(TINY_FIELD, {}, fields=("expression-field",))
     run = _ns(
         [
             str(bindir / "ns-train"),
