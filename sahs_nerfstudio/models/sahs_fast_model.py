@@ -121,15 +121,11 @@ class SAHSFastModel(SAHSModel):
         )
 
     def get_param_groups(self) -> dict[str, list[Parameter]]:
-        groups: dict[str, list[Parameter]] = {
+        return {
             "fields": list(self.field.parameters()),
             "proposal_networks": list(self.proposal_networks.parameters()),
+            **self.audio_param_groups(),
         }
-        if self.audio_encoder is not None:
-            groups["audio_net"] = list(self.audio_encoder.audio_net.parameters())
-            if self.config.use_audio_attention:
-                groups["audio_attention"] = list(self.audio_encoder.att_net.parameters())
-        return groups
 
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes

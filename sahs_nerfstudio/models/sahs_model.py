@@ -164,15 +164,18 @@ class SAHSModel(Model):
         self.sampler_uniform = UniformSampler(num_samples=self.config.num_coarse_samples)
         self.sampler_pdf = PDFSampler(num_samples=self.config.num_importance_samples)
 
-    def get_param_groups(self) -> Dict[str, List[Parameter]]:
-        groups: Dict[str, List[Parameter]] = {}
-        fields = nn.ModuleList([self.field_coarse, self.field_fine])
-        groups["fields"] = list(fields.parameters())
-        if self.audio_encoder is not None:
-            groups["audio_net"] = list(self.audio_encoder.audio_net.parameters())
-            if self.config.use_audio_attention:
-                groups["audio_attention"] = list(self.audio_encoder.att_net.parameters())
+    def audio_param_groups(self) -> Dict[str, List[Parameter]]:
+        """AudioNet and (when used) AudioAttNet, each its own group: AD-NeRF trains the latter 5x faster."""
+        if self.audio_encoder is None:
+            return {}
+        groups = {"audio_net": list(self.audio_encoder.audio_net.parameters())}
+        if self.config.use_audio_attention:
+            groups["audio_attention"] = list(self.audio_encoder.att_net.parameters())
         return groups
+
+    def get_param_groups(self) -> Dict[str, List[Parameter]]:
+        fields = nn.ModuleList([self.field_coarse, self.field_fine])
+        return {"fields": list(fields.parameters()), **self.audio_param_groups()}
 
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes
