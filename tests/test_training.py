@@ -115,35 +115,18 @@ def _ns(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=cwd, env=env)
 
 
+def _ns_train_sahs(data: Path, tmp_path: Path, name: str, extra: list[str]) -> subprocess.CompletedProcess:
+    """``ns-train sahs`` on CPU into ``tmp_path/outputs/<name>/sahs/t``, 64 rays, a checkpoint every 2 steps."""
+    args = ["--data", str(data), "--output-dir", str(tmp_path / "outputs"), "--experiment-name", name]
+    args += ["--timestamp", "t", "--machine.device-type", "cpu", "--steps-per-save", "2", "--vis", "tensorboard"]
+    args += ["--pipeline.datamanager.train-num-rays-per-batch", "64", *extra]
+    return _ns([str(Path(sys.executable).parent / "ns-train"), "sahs", *args], tmp_path)
+
+
 def test_ns_train_cli_then_ns_eval_and_ns_render(subject_train, tmp_path):
     bindir = Path(sys.executable).parent
     flags = model_flags(TINY_FIELD, TINY_MODEL, fields=("expression-field",))
-    train = _ns(
-        [
-            str(bindir / "ns-train"),
-            "sahs",
-            "--data",
-            str(subject_train / "nerface"),
-            "--output-dir",
-            str(tmp_path / "outputs"),
-            "--experiment-name",
-            "cli",
-            "--timestamp",
-            "t",
-            "--machine.device-type",
-            "cpu",
-            "--max-num-iterations",
-            "3",
-            "--steps-per-save",
-            "2",
-            "--vis",
-            "tensorboard",
-            "--pipeline.datamanager.train-num-rays-per-batch",
-            "64",
-            *flags,
-        ],
-        tmp_path,
-    )
+    train = _ns_train_sahs(subject_train / "nerface", tmp_path, "cli", ["--max-num-iterations", "3", *flags])
     assert train.returncode == 0, train.stderr[-3000:]
     config = tmp_path / "outputs" / "cli" / "sahs" / "t" / "config.yml"
     assert config.is_file()
@@ -180,39 +163,11 @@ def test_ns_train_cli_then_ns_eval_and_ns_render(subject_train, tmp_path):
 
 def test_two_cpu_processes_train_with_gloo(subject_train, tmp_path):
     """`--machine.num-devices 2` on the CPU: two DDP processes (gloo) train and rank 0 checkpoints."""
-    bindir = Path(sys.executable).parent
-    flags = model_flags(TINY_FIELD, {}, fields=("expression-field",))
-    run = _ns(
-        [
-            str(bindir / "ns-train"),
-            "sahs",
-            "--data",
-            str(subject_train / "nerface"),
-            "--output-dir",
-            str(tmp_path / "outputs"),
-            "--experiment-name",
-            "ddp",
-            "--timestamp",
-            "t",
-            "--machine.device-type",
-            "cpu",
-            "--machine.num-devices",
-            "2",
-            "--max-num-iterations",
-            "4",
-            "--steps-per-save",
-            "2",
-            "--vis",
-            "tensorboard",
-            "--pipeline.datamanager.train-num-rays-per-batch",
-            "64",
-            "--pipeline.model.num-coarse-samples",
-            "8",
-            "--pipeline.model.num-importance-samples",
-            "8",
-            *flags,
-        ],
-        tmp_path,
+    flags = model_flags(
+        TINY_FIELD, {"num_coarse_samples": 8, "num_importance_samples": 8}, fields=("expression-field",)
+    )
+    run = _ns_train_sahs(
+        subject_train / "nerface", tmp_path, "ddp", ["--machine.num-devices", "2", "--max-num-iterations", "4", *flags]
     )
     assert run.returncode == 0, run.stderr[-3000:]
     ckpts = sorted((tmp_path / "outputs" / "ddp" / "sahs" / "t" / "nerfstudio_models").glob("*.ckpt"))
