@@ -55,6 +55,8 @@ class DrivingSequence:
     """Mono float samples to mux, already cut to the rows' time span."""
     sample_rate: int | None = None
     audio_source: Path | None = None
+    extractor: str | None = None
+    """Which extractor made the rows when this module computed them from a recording (``data/audio.py``)."""
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
@@ -67,7 +69,7 @@ class DrivingSequence:
             audio = audio[: int(round(num_frames / self.fps * self.sample_rate))]
         return DrivingSequence(
             self.kind, self.rows[:num_frames], self.source, self.field_name, self.fps, audio, self.sample_rate,
-            self.audio_source,
+            self.audio_source, self.extractor,
         )  # fmt: skip
 
 
@@ -102,7 +104,8 @@ def load_driver(
     elif suffix in AUDIO_SUFFIXES:
         samples, rate = audio_io.load_wav(path)
         rows = audio_io.audio_features(samples, rate, fps=fps, window=window, channels=channels)
-        seq = DrivingSequence("audio", rows, path, "<samples>", fps)
+        extractor = audio_io.project_extractor_description(fps, window, channels)
+        seq = DrivingSequence("audio", rows, path, "<samples>", fps, extractor=extractor)
         seq.audio, seq.sample_rate, seq.audio_source = _muxable(samples, rate), _mux_rate(rate), path
     else:
         raise FormatError(path, "<file>", "a .json, .npy or audio (.wav) driving file", f"suffix '{path.suffix}'")
@@ -232,6 +235,7 @@ def check_driver(seq: DrivingSequence, model: "SAHSModel") -> None:
     row_shape = tuple(int(v) for v in seq.rows.shape[1:])
     if len(seq) == 0:
         raise FormatError(seq.source, seq.field_name, "at least one frame", "none")
+    check_recording_allowed(model, seq)
     if seq.kind != kind:
         want = (
             f"expression codes of width {shape[0]} (this model is expression-driven)"
@@ -250,13 +254,28 @@ def check_driver(seq: DrivingSequence, model: "SAHSModel") -> None:
         raise FormatError(seq.source, seq.field_name, want, found)
 
 
+def check_recording_allowed(model: "SAHSModel", seq: DrivingSequence) -> None:
+    """A recording drives only a model trained on the project's own features: others mean something else."""
+    trained = model.audio_provenance() if model.driver_kind == "audio" else None
+    if seq.extractor is None or trained is None or audio_io.is_project_extractor(trained):
+        return
+    raise FormatError(
+        seq.source,
+        "<samples>",
+        f"driving features of the kind this model trained on ({trained}), since a recording can only be "
+        "turned into the project's log-mel features; retrain with "
+        "--pipeline.datamanager.dataparser.audio-features wav, or drive with a [T, W, C] file of that extractor",
+        "a recording",
+    )
+
+
 @torch.no_grad()
 def encode_sequence(model: "SAHSModel", seq: DrivingSequence, batch: int = 256) -> Float[Tensor, "T code"]:
     """One driving code per frame of ``seq``.
 
     Expressions are the codes. Audio windows go through the model's audio network; once the model
-    smooths with AudioAttNet, each frame is smoothed over its neighbours in ``seq`` itself (not the
-    training audio), exactly as training smooths over neighbouring training windows.
+    smooths with AudioAttNet, each frame is smoothed over the frames at positions ``i - 4 .. i + 3`` of
+    ``seq`` itself (all-zero windows past its ends), as training smooths over the training set.
     """
     check_driver(seq, model)
     rows = torch.from_numpy(np.ascontiguousarray(seq.rows)).float().to(model.device)
@@ -266,11 +285,10 @@ def encode_sequence(model: "SAHSModel", seq: DrivingSequence, batch: int = 256) 
     codes = []
     if model.use_audio_attention():
         seq_len = encoder.config.smoothing_seq_len
-        offsets = torch.arange(seq_len, device=rows.device) - seq_len // 2
         for start in range(0, rows.shape[0], batch):
             index = torch.arange(start, min(start + batch, rows.shape[0]), device=rows.device)
-            neighbours = (index[:, None] + offsets[None]).clamp(0, rows.shape[0] - 1)
-            codes.append(encoder.encode_smoothed(rows[neighbours]))
+            neighbours = audio_io.smoothing_positions(index, rows.shape[0], seq_len)
+            codes.append(encoder.encode_smoothed(audio_io.gather_zero_padded(rows, neighbours)))
     else:
         for start in range(0, rows.shape[0], batch):
             codes.append(encoder.encode(rows[start : start + batch]))

@@ -1,59 +1,91 @@
-"""Smaller settings of the ``sahs`` method for CPU work (the demo, the tests, quick looks).
+"""Smaller settings of the ``sahs`` and ``sahs-fast`` methods for CPU work (the demo, the tests, quick looks).
 
 The published defaults are for a GPU (500k steps of 2048 rays through 8x256 MLPs). These presets
-keep the architecture (warp + hyper-space + semantic heads, coarse/fine) and shrink widths,
-samples and steps. Every value here is also reachable from the command line as the
-``--pipeline.model.*`` flags printed by :func:`cpu_flags`.
+keep the architecture (warp + hyper-space + semantic heads, coarse/fine or proposals) and shrink widths,
+samples and steps. Each preset is a function returning a config object; every value it sets is also
+reachable from the command line as the ``--pipeline.model.*`` flags printed by :func:`model_flags`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Callable, List
 
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
 from nerfstudio.engine.trainer import TrainerConfig
 
+from sahs_nerfstudio.fields.base import Driver
+from sahs_nerfstudio.fields.fast_field import SAHSFastFieldConfig
 from sahs_nerfstudio.fields.sahs_field import SAHSFieldConfig
-from sahs_nerfstudio.models.sahs_model import SAHSModelConfig
-from sahs_nerfstudio.sahs_config import _adam, sahs_trainer_config
+from sahs_nerfstudio.models.sahs_fast_model import SAHSFastModelConfig
+from sahs_nerfstudio.models.sahs_model import SAHSBaseModelConfig, SAHSModelConfig
+from sahs_nerfstudio.sahs_config import _adam, fast_optimizers, sahs_fast_trainer_config, sahs_trainer_config
 
-# Field sizes shared by both drivers on a CPU.
-CPU_FIELD: Dict[str, object] = {
-    "warp_depth": 4,
-    "warp_width": 64,
-    "warp_skips": (2,),
-    "hyper_depth": 4,
-    "hyper_width": 32,
-    "hyper_skips": (2,),
-    "canonical_depth": 4,
-    "canonical_width": 128,
-    "canonical_skips": (2,),
-    "colour_depth": 2,
-    "colour_width": 64,
-    "semantic_depth": 2,
-    "semantic_width": 64,
-    "position_frequencies": 8,
-}
-CPU_MODEL: Dict[str, object] = {"num_coarse_samples": 32, "num_importance_samples": 32}
+FieldPreset = Callable[[Driver, bool, bool], SAHSFieldConfig]
+"""A field preset: ``(driver, use_warp, use_hyper) -> resolved field config``."""
 
-# Smallest sizes that still learn the synthetic subject: tests, smoke runs and the CPU demo (an MLP
-# NeRF on a CPU is limited by steps, not capacity, so small layers that run more steps win).
-TINY_FIELD: Dict[str, object] = {
-    **CPU_FIELD,
-    "warp_width": 32,
-    "hyper_width": 16,
-    "canonical_depth": 3,
-    "canonical_width": 64,
-    "canonical_skips": (2,),
-    "colour_width": 32,
-    "semantic_width": 32,
-    "grid_resolution": 16,
-    "grid_channels": 8,
-    "position_frequencies": 6,
-}
-TINY_MODEL: Dict[str, object] = {"num_coarse_samples": 16, "num_importance_samples": 16}
+
+def cpu_field(driver: Driver, use_warp: bool = True, use_hyper: bool = True) -> SAHSFieldConfig:
+    """Field sizes shared by both drivers on a CPU (2.4 s a step at 1024 rays on one core)."""
+    return SAHSFieldConfig(
+        driver=driver,
+        use_warp=use_warp,
+        use_hyper=use_hyper,
+        warp_depth=4,
+        warp_width=64,
+        warp_skips=(2,),
+        hyper_depth=4,
+        hyper_width=32,
+        hyper_skips=(2,),
+        canonical_depth=4,
+        canonical_width=128,
+        canonical_skips=(2,),
+        colour_depth=2,
+        colour_width=64,
+        semantic_depth=2,
+        semantic_width=64,
+        position_frequencies=8,
+    ).resolved()
+
+
+def tiny_field(driver: Driver, use_warp: bool = True, use_hyper: bool = True) -> SAHSFieldConfig:
+    """:func:`cpu_field` shrunk to the smallest sizes that still learn the synthetic subject: tests, smoke runs and
+    the CPU demo (an MLP NeRF on a CPU is limited by steps, not capacity, so small layers that run more steps win)."""
+    cfg = cpu_field(driver, use_warp, use_hyper)
+    cfg.warp_width = 32
+    cfg.hyper_width = 16
+    cfg.canonical_depth = 3
+    cfg.canonical_width = 64
+    cfg.canonical_skips = (2,)
+    cfg.colour_width = 32
+    cfg.semantic_width = 32
+    cfg.grid_resolution = 16
+    cfg.grid_channels = 8
+    cfg.position_frequencies = 6
+    return cfg.resolved()
+
+
+def cpu_model_config(
+    field: FieldPreset = cpu_field,
+    use_warp: bool = True,
+    use_hyper: bool = True,
+    num_coarse_samples: int = 32,
+    num_importance_samples: int = 32,
+) -> SAHSModelConfig:
+    """The SAHS model with CPU-sized fields (``field`` for both drivers, with the warp/hyper switches)."""
+    return SAHSModelConfig(
+        audio_field=field("audio", use_warp, use_hyper),
+        expression_field=field("expression", use_warp, use_hyper),
+        num_coarse_samples=num_coarse_samples,
+        num_importance_samples=num_importance_samples,
+    )
+
+
+def tiny_model_config() -> SAHSModelConfig:
+    """Test-sized SAHS model: :func:`tiny_field` and 16 + 16 samples per ray."""
+    return cpu_model_config(tiny_field, num_coarse_samples=16, num_importance_samples=16)
 
 
 def _cpu_run(config: TrainerConfig, data: Path, steps: int, rays: int, output_dir: Path) -> TrainerConfig:
@@ -77,29 +109,20 @@ def _cpu_run(config: TrainerConfig, data: Path, steps: int, rays: int, output_di
     return config
 
 
-def cpu_model_config(field: Dict[str, object] | None = None, **model_overrides) -> SAHSModelConfig:
-    """The SAHS model with CPU-sized fields (``field`` replaces :data:`CPU_FIELD`)."""
-    sizes = CPU_FIELD if field is None else field
-    return SAHSModelConfig(
-        audio_field=SAHSFieldConfig.for_driver("audio", **sizes),  # type: ignore[arg-type]
-        expression_field=SAHSFieldConfig.for_driver("expression", **sizes),  # type: ignore[arg-type]
-        **{**CPU_MODEL, **model_overrides},  # type: ignore[arg-type]
-    )
-
-
 def cpu_trainer_config(
     data: Path,
     steps: int = 2000,
     rays: int = 1024,
     output_dir: Path = Path("outputs"),
     lr: float = 2e-3,
-    field: Dict[str, object] | None = None,
-    **model_overrides,
+    model: SAHSModelConfig | None = None,
 ) -> TrainerConfig:
-    """``sahs`` sized for a CPU (2.4 s a step at 1024 rays on one core with :data:`CPU_FIELD`)."""
+    """``sahs`` sized for a CPU: ``model`` (default :func:`cpu_model_config`) with AudioAttNet from half-way."""
     config = _cpu_run(sahs_trainer_config(), data, steps, rays, output_dir)
-    config.pipeline.model = cpu_model_config(
-        field, **{"audio_attention_start_step": steps // 2, "eval_num_rays_per_chunk": 8192, **model_overrides}
+    config.pipeline.model = replace(
+        cpu_model_config() if model is None else model,
+        audio_attention_start_step=steps // 2,
+        eval_num_rays_per_chunk=8192,
     )
     config.optimizers = {
         "fields": _adam(lr, steps),
@@ -109,69 +132,49 @@ def cpu_trainer_config(
     return config
 
 
-def model_flags(
-    field: Dict[str, object], model: Dict[str, object], fields: tuple = ("audio-field", "expression-field")
-) -> List[str]:
-    """``ns-train sahs`` arguments (one token each) equivalent to a preset's field and model sizes."""
-    flags: List[str] = []
-    for name in fields:
-        for key, value in field.items():
-            rendered = [str(v) for v in value] if isinstance(value, tuple) else [str(value)]
-            flags += [f"--pipeline.model.{name}.{key.replace('_', '-')}", *rendered]
-    for key, value in model.items():
-        flags += [f"--pipeline.model.{key.replace('_', '-')}", str(value)]
-    return flags
-
-
-def cpu_flags() -> List[str]:
-    """The ``ns-train sahs`` arguments equivalent to :func:`cpu_model_config`."""
-    return model_flags(CPU_FIELD, CPU_MODEL)
-
-
-def tiny_trainer_config(data: Path, steps: int = 300, rays: int = 256, output_dir: Path = Path("outputs"), **kw):
+def tiny_trainer_config(
+    data: Path, steps: int = 300, rays: int = 256, output_dir: Path = Path("outputs")
+) -> TrainerConfig:
     """Test-sized ``sahs``: seconds per hundred steps on a 40x40 subject."""
-    overrides = {**TINY_MODEL, **kw}
-    return cpu_trainer_config(data, steps=steps, rays=rays, output_dir=output_dir, field=TINY_FIELD, **overrides)
+    return cpu_trainer_config(data, steps=steps, rays=rays, output_dir=output_dir, model=tiny_model_config())
 
 
 # ----------------------------------------------------------------------------------------------
 # sahs-fast on a CPU: torch hash grids, one proposal level, fewer samples.
 
-FAST_CPU_FIELD: Dict[str, object] = {
-    "implementation": "torch",
-    "num_levels": 8,
-    "max_res": 512,
-    "log2_hashmap_size": 15,
-    "plane_resolutions": (16, 32, 64),
-    "plane_channels": 2,
-    "deform_num_levels": 4,
-    "deform_max_res": 64,
-    "deform_log2_hashmap_size": 12,
-    "semantic_width": 32,
-}
-FAST_CPU_MODEL: Dict[str, object] = {
-    "implementation": "torch",
-    "num_proposal_iterations": 1,
-    "num_proposal_samples_per_ray": (48,),
-    "num_nerf_samples_per_ray": 24,
-    "proposal_net_args_list": [
-        {"hidden_dim": 16, "log2_hashmap_size": 14, "num_levels": 5, "max_res": 128, "use_linear": False}
-    ],
-    "proposal_warmup": 500,
-    "proposal_weights_anneal_max_num_iters": 200,
-}
+
+def fast_cpu_field(driver: Driver) -> SAHSFastFieldConfig:
+    """Grid field sizes for 2 CPU cores (torch grids, coarser and smaller tables)."""
+    return SAHSFastFieldConfig(
+        driver=driver,
+        implementation="torch",
+        num_levels=8,
+        max_res=512,
+        log2_hashmap_size=15,
+        plane_resolutions=(16, 32, 64),
+        plane_channels=2,
+        deform_num_levels=4,
+        deform_max_res=64,
+        deform_log2_hashmap_size=12,
+        semantic_width=32,
+    ).resolved()
 
 
-def fast_cpu_model_config(field: Dict[str, object] | None = None, **model_overrides):
-    """The ``sahs-fast`` model with CPU-sized grids (``field`` entries override :data:`FAST_CPU_FIELD`)."""
-    from sahs_nerfstudio.fields.fast_field import SAHSFastFieldConfig
-    from sahs_nerfstudio.models.sahs_fast_model import SAHSFastModelConfig
-
-    sizes = {**FAST_CPU_FIELD, **(field or {})}
+def fast_cpu_model_config() -> SAHSFastModelConfig:
+    """The ``sahs-fast`` model with :func:`fast_cpu_field` grids, one proposal level of 48 samples, 24 field
+    samples."""
     return SAHSFastModelConfig(
-        audio_field=SAHSFastFieldConfig.for_driver("audio", **sizes),  # type: ignore[arg-type]
-        expression_field=SAHSFastFieldConfig.for_driver("expression", **sizes),  # type: ignore[arg-type]
-        **{**FAST_CPU_MODEL, **model_overrides},  # type: ignore[arg-type]
+        audio_field=fast_cpu_field("audio"),
+        expression_field=fast_cpu_field("expression"),
+        implementation="torch",
+        num_proposal_iterations=1,
+        num_proposal_samples_per_ray=(48,),
+        num_nerf_samples_per_ray=24,
+        proposal_net_args_list=[
+            {"hidden_dim": 16, "log2_hashmap_size": 14, "num_levels": 5, "max_res": 128, "use_linear": False}
+        ],
+        proposal_warmup=500,
+        proposal_weights_anneal_max_num_iters=200,
     )
 
 
@@ -181,17 +184,57 @@ def fast_cpu_trainer_config(
     rays: int = 1024,
     output_dir: Path = Path("outputs"),
     lr: float = 1e-2,
-    field: Dict[str, object] | None = None,
-    **model_overrides,
+    model: SAHSFastModelConfig | None = None,
 ) -> TrainerConfig:
-    """``sahs-fast`` sized for 2 CPU cores (torch grids, one proposal level of 48 samples, 24 field samples)."""
-    from sahs_nerfstudio.sahs_config import fast_optimizers, sahs_fast_trainer_config
-
+    """``sahs-fast`` sized for 2 CPU cores: ``model`` (default :func:`fast_cpu_model_config`)."""
     config = _cpu_run(sahs_fast_trainer_config(), data, steps, rays, output_dir)
     # Small render chunks stay in the CPU cache: ~2x faster than 8192-ray chunks.
-    config.pipeline.model = fast_cpu_model_config(
-        field, **{"audio_attention_start_step": steps // 2, "eval_num_rays_per_chunk": 1024, **model_overrides}
+    config.pipeline.model = replace(
+        fast_cpu_model_config() if model is None else model,
+        audio_attention_start_step=steps // 2,
+        eval_num_rays_per_chunk=1024,
     )
     config.viewer = replace(config.viewer, num_rays_per_chunk=4096)
     config.optimizers = fast_optimizers(lr, steps)
     return config
+
+
+# ----------------------------------------------------------------------------------------------
+# The command line equivalent of a preset.
+
+
+def _rendered(flag: str, value: object) -> List[str]:
+    if isinstance(value, tuple):
+        return [flag, *(str(v) for v in value)]
+    if isinstance(value, bool | int | float | str):
+        return [flag, str(value)]
+    raise ValueError(f"{flag}: {value!r} has no command-line form here; set it in Python instead.")
+
+
+def _differences(config: Any, default: Any, prefix: str) -> List[str]:
+    """Flags for the plain values of ``config`` that differ from ``default`` (nested configs are not entered)."""
+    flags: List[str] = []
+    for f in dataclasses.fields(config):
+        if f.name.startswith("_"):
+            continue
+        value, base = getattr(config, f.name), getattr(default, f.name)
+        if dataclasses.is_dataclass(value) or value == base:
+            continue
+        flags += _rendered(f"{prefix}.{f.name.replace('_', '-')}", value)
+    return flags
+
+
+def model_flags(model: SAHSBaseModelConfig, fields: tuple[str, ...] = ("audio-field", "expression-field")) -> List[str]:
+    """``ns-train sahs`` / ``sahs-fast`` arguments (one token each) that turn the method's default model into
+    ``model``: every top-level value and every value of the named field configs that differs from it."""
+    default = (sahs_fast_trainer_config() if isinstance(model, SAHSFastModelConfig) else sahs_trainer_config()).pipeline
+    flags: List[str] = []
+    for name in fields:
+        attr = name.replace("-", "_")
+        flags += _differences(getattr(model, attr), getattr(default.model, attr), f"--pipeline.model.{name}")
+    return flags + _differences(model, default.model, "--pipeline.model")
+
+
+def cpu_flags() -> List[str]:
+    """The ``ns-train sahs`` arguments equivalent to :func:`cpu_model_config`."""
+    return model_flags(cpu_model_config())

@@ -2,36 +2,52 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Type
 
 from nerfstudio.configs.base_config import ViewerConfig
-from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
+from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
+from sahs_nerfstudio.compat import eval_checkpoint
+from sahs_nerfstudio.compat.cpu_ddp import enable_cpu_distributed_training
+from sahs_nerfstudio.data.datamanager import SAHSDataManagerConfig
 from sahs_nerfstudio.data.sahs_dataparser import SAHSDataParserConfig
-from sahs_nerfstudio.data.sahs_dataset import SAHSDataset
+from sahs_nerfstudio.errors import install_excepthook
+from sahs_nerfstudio.models.sahs_fast_model import SAHSFastModelConfig
 from sahs_nerfstudio.models.sahs_model import SAHSModelConfig
 from sahs_nerfstudio.pipeline import SAHSPipelineConfig
 from sahs_nerfstudio.samplers.semantic_sampler import SemanticPixelSamplerConfig
-from sahs_nerfstudio.utils.checkpoints import allow_nerfstudio_checkpoints
-from sahs_nerfstudio.utils.distributed import enable_cpu_distributed_training
+from sahs_nerfstudio.trainer import SAHSTrainer
 
-# nerfstudio imports this module for every ns-* command: make its checkpoints loadable under torch 2.6+.
-allow_nerfstudio_checkpoints()
+# nerfstudio imports this module (its method entry point) for every ns-* command: a FormatError
+# anywhere in ns-train / ns-eval / ns-render / ns-viewer becomes one line and exit status 2.
+install_excepthook()
 
 
 @dataclass
 class SAHSTrainerConfig(TrainerConfig):
-    """nerfstudio's TrainerConfig; ``ns-train`` also gets CPU multi-process training (gloo)."""
+    """nerfstudio's TrainerConfig building :class:`~sahs_nerfstudio.trainer.SAHSTrainer` (atomic, verified
+    checkpoints; Ctrl-C saves); ``ns-train`` also gets CPU multi-process training (gloo)."""
+
+    _target: Type = field(default_factory=lambda: SAHSTrainer)
+    """The trainer class nerfstudio instantiates."""
 
     def set_timestamp(self) -> None:
         # ns-train calls this just before launching, when its launcher module is fully imported (this
         # module is imported while it is still loading, so it cannot be patched at import time).
         enable_cpu_distributed_training()
         super().set_timestamp()
+
+    def get_checkpoint_dir(self) -> Path:
+        # eval_setup (ns-eval, ns-render, ns-viewer) asks for the folder just before it loads, when
+        # eval_utils and run_viewer are fully imported: the moment their hooks can be installed.
+        eval_checkpoint.install()
+        return super().get_checkpoint_dir()
 
 
 PUBLISHED_STEPS = 500_000
@@ -46,9 +62,8 @@ def _adam(lr: float, max_steps: int = PUBLISHED_STEPS) -> dict:
 
 
 def sahs_datamanager(rays: int) -> VanillaDataManagerConfig:
-    """nerfstudio's data manager on ``sahs-data`` with semantic labels and the semantic ray sampler."""
-    return VanillaDataManagerConfig(
-        _target=VanillaDataManager[SAHSDataset],
+    """``sahs-data`` with semantic labels, the semantic ray sampler and a compact frame cache on the CPU."""
+    return SAHSDataManagerConfig(
         dataparser=SAHSDataParserConfig(),
         pixel_sampler=SemanticPixelSamplerConfig(),
         train_num_rays_per_batch=rays,
@@ -111,8 +126,6 @@ def fast_optimizers(lr: float = 1e-2, steps: int = FAST_STEPS, audio_lr: float =
 
 def sahs_fast_trainer_config() -> TrainerConfig:
     """``sahs-fast`` for 512x512 talking-head video on one GPU: 40k steps of 4096 rays (tcnn when installed)."""
-    from sahs_nerfstudio.models.sahs_fast_model import SAHSFastModelConfig
-
     return SAHSTrainerConfig(
         method_name="sahs-fast",
         steps_per_eval_batch=500,

@@ -17,6 +17,18 @@ os.environ["OMP_NUM_THREADS"] = "1"
 from sahs_nerfstudio.data.synthetic import SyntheticConfig, generate_subject  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _fresh_nerfstudio_writers():
+    """nerfstudio keeps its event writers in module globals that every in-process training appends to;
+    one test's writer (say, on a tmpfs unmounted after a full-disk test) must not be flushed by the next."""
+    from nerfstudio.utils import writer
+
+    saved = list(writer.EVENT_WRITERS), list(writer.EVENT_STORAGE)
+    yield
+    writer.EVENT_WRITERS[:] = saved[0]
+    writer.EVENT_STORAGE[:] = saved[1]
+
+
 @pytest.fixture(scope="session")
 def subject_nonsquare(tmp_path_factory) -> Path:
     """A 48x40 subject (non-square, negative fx in the NeRFace layout), both layouts."""
@@ -49,15 +61,9 @@ def _train_tiny_run(root: Path, layout: str, steps: int = 40) -> Path:
     """Train ``sahs`` for a few steps on ``root/layout`` with test-sized fields; return its config.yml."""
     from nerfstudio.scripts.train import train_loop
 
-    from sahs_nerfstudio import presets
+    from sahs_nerfstudio.presets import tiny_trainer_config
 
-    data = root / layout
-    output = root / "outputs"
-    make = getattr(presets, "tiny_trainer_config", None)
-    if make is not None:
-        config = make(data, steps=steps, rays=128, output_dir=output)
-    else:
-        config = presets.cpu_trainer_config(data, steps=steps, rays=128, output_dir=output)
+    config = tiny_trainer_config(root / layout, steps=steps, rays=128, output_dir=root / "outputs")
     config.experiment_name = f"tiny-{layout}"
     config.set_timestamp()
     config.save_config()

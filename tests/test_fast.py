@@ -12,14 +12,9 @@ from nerfstudio.field_components.encodings import HashEncoding
 from nerfstudio.field_components.mlp import MLP
 from torch import nn
 
+from sahs_nerfstudio.compat.encodings import TorchHashEncoding
 from sahs_nerfstudio.data.semantics import BACKGROUND, NUM_CLASSES
-from sahs_nerfstudio.fields.fast_field import (
-    ConditionedMLP,
-    HyperPlanes,
-    SAHSFastField,
-    SAHSFastFieldConfig,
-    TorchHashEncoding,
-)
+from sahs_nerfstudio.fields.fast_field import ConditionedMLP, HyperPlanes, SAHSFastField, SAHSFastFieldConfig
 from sahs_nerfstudio.models.sahs_fast_model import SAHSFastModel, SAHSFastModelConfig
 
 W, H = 10, 7
@@ -192,10 +187,14 @@ def test_empty_scene_renders_the_background_and_its_label():
     with torch.no_grad():
         model.field.config.density_bias = -1e4  # trunc_exp(-1e4) = 0: nothing in the scene
     model.eval()
-    out = model.get_outputs_for_camera(_camera())
+    camera = _camera()
+    out = model.get_outputs_for_camera(camera)
     assert torch.allclose(out["rgb"], bg, atol=1e-4)
     assert torch.all(out["semantics_probs"].argmax(dim=-1) == BACKGROUND)
-    assert torch.allclose(out["depth"], torch.full_like(out["depth"], 0.8))
+    # The background sits at each ray's far bound: depth 0.8 along the optical axis, so 0.8 * |d_cam| along the ray.
+    directions_norm = camera.generate_rays(camera_indices=0).metadata["directions_norm"]
+    assert torch.allclose(out["depth"], 0.8 * directions_norm, atol=1e-5)
+    assert float(directions_norm.max()) > 1.01  # the corners are off-axis: the old constant 0.8 would fail
     assert "rgb_coarse" not in out
 
 

@@ -310,3 +310,81 @@ def test_missing_conditioning_is_a_clear_error():
     samples = make_ray_samples(2, 3, with_pose=False)
     with pytest.raises(KeyError, match="pose"):
         field(samples)
+
+
+# ----------------------------------------------------------------------------------------------
+# One field base: the module graph and where the shared conditioning is declared
+
+
+def _package_imports(package: str) -> dict[str, set[str]]:
+    """``module -> sahs_nerfstudio modules it imports`` for every module under ``package``, counting imports
+    inside functions and ``if TYPE_CHECKING:`` blocks too."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    root = Path(importlib.import_module(package).__file__ or "").parent
+    top = Path(importlib.import_module("sahs_nerfstudio").__file__ or "").parent.parent
+
+    def is_module(name: str) -> bool:
+        path = top.joinpath(*name.split("."))
+        return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+    graph: dict[str, set[str]] = {}
+    for path in sorted(root.glob("*.py")):
+        name = f"{package}.{path.stem}" if path.stem != "__init__" else package
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module)
+                # ``from sahs_nerfstudio.data import keys`` imports the module ``sahs_nerfstudio.data.keys``
+                found |= {f"{node.module}.{a.name}" for a in node.names}
+        graph[name] = {m for m in found if m.startswith("sahs_nerfstudio.") and is_module(m)}
+    return graph
+
+
+def test_fast_field_does_not_reach_the_sahs_field_and_fields_have_no_import_cycle():
+    graph = _package_imports("sahs_nerfstudio.fields")
+    assert "sahs_nerfstudio.fields.sahs_field" in graph  # the walk did see the package
+
+    def reachable(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph.get(todo.pop(), set()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    assert "sahs_nerfstudio.fields.sahs_field" not in reachable("sahs_nerfstudio.fields.fast_field")
+    for module in graph:
+        assert module not in reachable(module), f"import cycle through {module}"
+    # data flows data/ -> fields/: the dataparser's modules (the metadata keys among them) import no field
+    for module, imported in _package_imports("sahs_nerfstudio.data").items():
+        assert not {m for m in imported if m.startswith("sahs_nerfstudio.fields")}, module
+
+
+def test_shared_conditioning_fields_are_declared_only_in_the_base():
+    import dataclasses
+
+    from sahs_nerfstudio.fields.base import SAHSConditioningConfig
+    from sahs_nerfstudio.fields.fast_field import SAHSFastFieldConfig
+    from sahs_nerfstudio.fields.mlp_config import SAHSMLPFieldConfig
+
+    shared = set(SAHSConditioningConfig.__annotations__)
+    assert {"driver", "code_dim", "use_warp", "use_hyper", "use_pose", "canonical_code", "num_ambient_dims"} <= shared
+    for cls in (SAHSMLPFieldConfig, SAHSFieldConfig, SAHSFastFieldConfig):
+        assert issubclass(cls, SAHSConditioningConfig)
+        assert not shared & set(cls.__dict__.get("__annotations__", {})), cls.__name__
+        assert shared <= {f.name for f in dataclasses.fields(cls)}
+        # one resolution rule: the base's, with each subclass adding sizes and checks only
+        assert "resolved" not in cls.__dict__ and "for_driver" not in cls.__dict__, cls.__name__
+    # the two fields are siblings: neither config is the other's
+    assert not issubclass(SAHSFastFieldConfig, SAHSMLPFieldConfig)
+    assert not issubclass(SAHSMLPFieldConfig, SAHSFastFieldConfig)
+    # the published per-driver conditioning is the same for both fields
+    for driver in ("audio", "expression"):
+        mlp, grid = SAHSFieldConfig.for_driver(driver), SAHSFastFieldConfig.for_driver(driver)
+        assert all(getattr(mlp, k) == getattr(grid, k) for k in shared if k != "_target"), driver

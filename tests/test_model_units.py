@@ -10,7 +10,8 @@ from sahs_nerfstudio.data.pose import pose_code
 from sahs_nerfstudio.data.sahs_dataparser import cameras_background_projection
 from sahs_nerfstudio.data.semantics import BACKGROUND, LIPS, NUM_CLASSES
 from sahs_nerfstudio.fields.sahs_field import SAHSFieldConfig
-from sahs_nerfstudio.models.sahs_model import SAHSModelConfig, mean_iou, psnr
+from sahs_nerfstudio.models.sahs_model import SAHSModelConfig
+from sahs_nerfstudio.utils.metrics import mean_iou, psnr
 
 W, H = 10, 7
 
@@ -168,3 +169,22 @@ def test_psnr_and_miou_reference():
     target = torch.tensor([0, 1, 1, 1, -1])
     # class 0: inter 1, union 2 -> 0.5; class 1: inter 2, union 3 -> 2/3
     assert abs(mean_iou(pred, target) - (0.5 + 2 / 3) / 2) < 1e-9
+
+
+def test_the_two_model_configs_are_siblings_without_unused_fields():
+    import dataclasses
+
+    from sahs_nerfstudio.fields.fast_field import SAHSFastFieldConfig
+    from sahs_nerfstudio.models.sahs_fast_model import SAHSFastModelConfig
+    from sahs_nerfstudio.models.sahs_model import SAHSBaseModelConfig
+
+    assert issubclass(SAHSModelConfig, SAHSBaseModelConfig) and issubclass(SAHSFastModelConfig, SAHSBaseModelConfig)
+    assert not issubclass(SAHSFastModelConfig, SAHSModelConfig)
+    fast = {f.name for f in dataclasses.fields(SAHSFastModelConfig)}
+    # the coarse/fine sampling of sahs is not inherited by sahs-fast, which samples with proposal networks
+    assert not {"num_coarse_samples", "num_importance_samples", "share_deformation"} & fast
+    assert {"audio_field", "expression_field", "audio_encoder", "driver", "num_nerf_samples_per_ray"} <= fast
+    # each method's fields are its own field type
+    assert isinstance(SAHSFastModelConfig().audio_field, SAHSFastFieldConfig)
+    assert isinstance(SAHSModelConfig().expression_field, SAHSFieldConfig)
+    assert not isinstance(SAHSModelConfig().expression_field, SAHSFastFieldConfig)

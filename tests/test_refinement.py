@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from copy import deepcopy
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from sahs_nerfstudio.data.formats import FormatError
 from sahs_nerfstudio.refinement import (
-    RefinementError,
     RefinerNetwork,
     RefinerNetworkConfig,
     RefinerTrainConfig,
@@ -167,7 +171,7 @@ def test_resume_continues_from_saved_epoch(tmp_path: Path) -> None:
     again = train_refiner(renders, gts, tmp_path / "resumed", _config(), show_progress=False)
     assert again.epochs_run == 0
     # resuming with another architecture is refused with a clear message
-    with pytest.raises(RefinementError, match="network config"):
+    with pytest.raises(FormatError, match="network_config.*another network config"):
         train_refiner(renders, gts, tmp_path / "resumed", _config(network=RefinerNetworkConfig()), show_progress=False)
 
 
@@ -227,11 +231,11 @@ def test_audio_variant_trains_and_refines(tmp_path: Path) -> None:
     result = train_refiner(renders, gts, tmp_path / "out", cfg, audio=aud, show_progress=False)
     written = refine_frames(result.checkpoint, renders, tmp_path / "r", audio=aud, device="cpu", show_progress=False)
     assert len(written) == 3
-    with pytest.raises(RefinementError, match="audio"):
+    with pytest.raises(FormatError, match="'--audio': expected FEATURES.npy .*audio-variant"):
         refine_frames(result.checkpoint, renders, tmp_path / "r2", device="cpu", show_progress=False)
     per_frame = tmp_path / "per_frame.npy"  # per-frame features [N, C] are windowed on the fly
     np.save(per_frame, np.zeros((2, 29), dtype=np.float32))
-    with pytest.raises(RefinementError, match="row 2"):
+    with pytest.raises(FormatError, match="needs row 2"):
         refine_frames(result.checkpoint, renders, tmp_path / "r3", audio=per_frame, device="cpu", show_progress=False)
 
 
@@ -242,22 +246,38 @@ def test_audio_variant_trains_and_refines(tmp_path: Path) -> None:
 def test_bad_inputs_give_clear_errors(tmp_path: Path, trained: dict) -> None:
     renders, gts = make_pairs(tmp_path / "data", n=2)
     cfg = _config(epochs=1, decay_epochs=0)
-    with pytest.raises(RefinementError, match=r"renders: folder .*missing does not exist"):
+    with pytest.raises(
+        FormatError, match=r"missing: field '--renders': expected a folder of images, found no such folder"
+    ):
         train_refiner(tmp_path / "missing", gts, tmp_path / "o", cfg, show_progress=False)
     Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(renders / "extra.png")
-    with pytest.raises(RefinementError, match=r"name mismatch: 1 of 3 renders .*extra\.png"):
+    with pytest.raises(
+        FormatError,
+        match=r"'--ground-truth': expected a frame with the name of every render .*found 1 of 3 renders without one \(e\.g\. extra\.png\)",
+    ):
         train_refiner(renders, gts, tmp_path / "o", cfg, show_progress=False)
     Image.fromarray(np.zeros((H + 2, W, 3), np.uint8)).save(gts / "extra.png")
-    with pytest.raises(RefinementError, match=r"size mismatch: .*extra\.png is 32x24 but .*extra\.png is 32x26"):
+    with pytest.raises(
+        FormatError,
+        match=r"gt/extra\.png: field '--ground-truth': expected the size of .*renders/extra\.png, 32x24, found 32x26",
+    ):
         train_refiner(renders, gts, tmp_path / "o", cfg, show_progress=False)
     bogus = tmp_path / "bogus.ckpt"
     torch.save({"weights": torch.zeros(1)}, bogus)
-    with pytest.raises(RefinementError, match=r"bogus\.ckpt is not a refiner checkpoint"):
+    with pytest.raises(
+        FormatError,
+        match=r"bogus\.ckpt: field 'format': expected 'sahs-refiner' \(a refiner checkpoint\), found no 'format' key",
+    ):
         load_refiner(bogus)
     (tmp_path / "text.ckpt").write_text("hello")
-    with pytest.raises(RefinementError, match="not a refiner checkpoint"):
+    with pytest.raises(
+        FormatError,
+        match=r"text\.ckpt: field '--checkpoint': expected a refiner checkpoint, found not a torch\.save file",
+    ):
         load_refiner(tmp_path / "text.ckpt")
-    with pytest.raises(RefinementError, match="input: .*nothing does not exist"):
+    with pytest.raises(
+        FormatError, match="nothing: field '--input': expected a folder of images or a video, found no such file"
+    ):
         refine_frames(trained["result"].checkpoint, tmp_path / "nothing", tmp_path / "o2", show_progress=False)
 
 
@@ -286,8 +306,10 @@ def test_cli_train_render_eval(tmp_path: Path, capsys) -> None:
     (tmp_path / "x.ckpt").write_text("not a checkpoint")
     args = ["eval", "--checkpoint", str(tmp_path / "x.ckpt"), "--renders", str(renders), "--ground-truth", str(gts)]
     assert refine_cli.main([*args, "--output", str(metrics), "--no-progress"]) == 2
-    err = capsys.readouterr().out.strip()
-    assert err.startswith("error:") and "x.ckpt is not a refiner checkpoint" in err and "\n" not in err
+    err = capsys.readouterr().err.strip().splitlines()[0]
+    assert (
+        err.startswith("sahs-refine: error: ") and "x.ckpt: field '--checkpoint': expected a refiner checkpoint" in err
+    )
 
 
 def test_render_stage_one_reuses_renders_on_disk(tmp_path: Path) -> None:
@@ -296,5 +318,140 @@ def test_render_stage_one_reuses_renders_on_disk(tmp_path: Path) -> None:
     # the config file does not even exist: reuse must not load the nerfstudio pipeline
     assert render_stage_one(tmp_path / "no-config.yml", "train", renders.parent) == (renders, gts)
     (renders / "1.png").unlink()
-    with pytest.raises(RefinementError, match="load-config: file .*no-config.yml does not exist"):
+    with pytest.raises(
+        FormatError, match=r"no-config\.yml: field '<file>': expected a run's config\.yml .*found no such file"
+    ):
         render_stage_one(tmp_path / "no-config.yml", "train", renders.parent)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input on the command line: one line on stderr, exit status 2, a traceback only with SAHS_DEBUG=1
+
+TINY = ["--network.channels", "8", "16", "32", "--network.spade-hidden", "16", "--device", "cpu", "--no-progress"]
+
+
+def _error_line(stderr: str) -> str:
+    """The one ``sahs-refine: error:`` line of a failed command (and no traceback)."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("sahs-refine: error: ")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def _cli_subprocess(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    environ = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    environ.pop("SAHS_DEBUG", None)
+    environ.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "sahs_nerfstudio.scripts.refine", *args],
+        capture_output=True,
+        text=True,
+        env=environ,
+        cwd=tmp_path,
+        timeout=600,
+    )
+
+
+def _nerfacto_run(root: Path) -> Path:
+    """A nerfacto run's config.yml, as ns-train writes it (no checkpoint needed: it must be refused first)."""
+    import yaml
+    from nerfstudio.configs.method_configs import method_configs
+
+    config = deepcopy(method_configs["nerfacto"])
+    config.output_dir = root / "outputs"
+    config.pipeline.datamanager.data = root / "data"
+    path = root / "outputs" / "nerfacto-run" / "config.yml"
+    path.parent.mkdir(parents=True)
+    path.write_text(yaml.dump(config))
+    return path
+
+
+def test_cli_refuses_a_nerfacto_run_without_fetching_alexnet(tmp_path: Path) -> None:
+    config = _nerfacto_run(tmp_path)
+    torch_home = tmp_path / "torch_home"
+    torch_home.mkdir()
+    proc = _cli_subprocess(
+        ["train", "--load-config", str(config), "--output", str(tmp_path / "refine")],
+        tmp_path,
+        TORCH_HOME=str(torch_home),
+    )
+    assert proc.returncode == 2, proc.stderr
+    line = _error_line(proc.stderr)
+    assert f"{config}: field 'method_name': expected a SAHS run" in line and "found 'nerfacto'" in line
+    assert list(torch_home.rglob("*")) == []  # nothing was fetched (nor tried: torch.hub makes its folder first)
+    assert not (tmp_path / "refine").exists()
+
+
+def test_cli_render_of_a_garbage_video_is_one_line(tmp_path: Path, trained: dict) -> None:
+    garbage = tmp_path / "clip.mp4"
+    garbage.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+    args = ["render", "--checkpoint", str(trained["result"].checkpoint), "--input", str(garbage)]
+    proc = _cli_subprocess([*args, "--output", str(tmp_path / "out"), "--device", "cpu"], tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{garbage}: field '--input': expected a readable video, found " in _error_line(proc.stderr)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_traceback_only_with_sahs_debug(tmp_path: Path) -> None:
+    renders, gts = make_pairs(tmp_path / "data", n=2)
+    args = [
+        "train",
+        "--renders",
+        str(renders),
+        "--ground-truth",
+        str(gts),
+        "--output",
+        str(tmp_path / "o"),
+        "--lr",
+        "-1",
+    ]
+    proc = _cli_subprocess([*args, *TINY], tmp_path, SAHS_DEBUG="1")
+    assert proc.returncode == 2
+    assert "Traceback" in proc.stderr and "FormatError" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("sahs-refine: error: <command line>: field '--lr'")
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("lr", "field '--lr': expected a positive learning rate, found -1.0"),
+        ("betas", "field '--betas': expected two values in [0, 1), found (1.5, 0.999)"),
+        ("num-workers", "field '--num-workers': expected an integer >= 0, found -1"),
+        ("keep-checkpoints", "field '--keep-checkpoints': expected an integer >= 1, found 0"),
+        ("device", "field '--device': expected auto, cpu, cuda or cuda:N, found gpu0"),
+        ("nan-audio", "aud.npy: field '--audio': expected finite numbers, found NaN or infinity"),
+        ("render-fps", "field '--fps': expected a positive frame rate, found 0.0"),
+        ("render-audio", "aud.npy: field '--audio': expected no audio: "),
+        ("render-video-folder", "video: field '--video': expected an mp4 file name, found a folder"),
+        ("eval-output-folder", "metrics: field '--output': expected a JSON file name, found a folder"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_status_2(
+    case: str, expected: str, tmp_path: Path, trained: dict, capsys
+) -> None:
+    renders, gts = make_pairs(tmp_path / "data", n=2)
+    aud = tmp_path / "aud.npy"
+    np.save(aud, np.full((2, 16, 29), np.nan, dtype=np.float32))
+    (tmp_path / "video").mkdir()
+    (tmp_path / "metrics").mkdir()
+    train = ["train", "--renders", str(renders), "--ground-truth", str(gts), "--output", str(tmp_path / "o"), *TINY]
+    ckpt = str(trained["result"].checkpoint)
+    render = ["render", "--checkpoint", ckpt, "--input", str(renders), "--output", str(tmp_path / "r"), "--no-progress"]
+    args = {
+        "lr": [*train, "--lr", "-1"],
+        "betas": [*train, "--betas", "1.5", "0.999"],
+        "num-workers": [*train, "--num-workers", "-1"],
+        "keep-checkpoints": [*train, "--keep-checkpoints", "0", "--num-workers", "0"],
+        "device": [*train, "--device", "gpu0"],
+        "nan-audio": [*train, "--network.audio", "--audio", str(aud), "--num-workers", "0"],
+        "render-fps": [*render, "--video", str(tmp_path / "v.mp4"), "--fps", "0"],
+        "render-audio": [*render, "--audio", str(aud), "--device", "cpu"],
+        "render-video-folder": [*render, "--video", str(tmp_path / "video"), "--device", "cpu"],
+        "eval-output-folder": [
+            *["eval", "--checkpoint", ckpt, "--renders", str(renders), "--ground-truth", str(gts)],
+            *["--output", str(tmp_path / "metrics"), "--no-lpips", "--device", "cpu", "--no-progress"],
+        ],
+    }[case]
+    assert refine_cli.main(args) == 2
+    assert expected in _error_line(capsys.readouterr().err)
+    assert not (tmp_path / "o" / "checkpoints").exists() and not (tmp_path / "r").exists()

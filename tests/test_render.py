@@ -7,6 +7,10 @@ check the plumbing (frame counts, sizes, audio streams, codes reaching the model
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -15,6 +19,7 @@ import pytest
 import soundfile
 import torch
 import yaml
+from PIL import Image
 
 from sahs_nerfstudio.data import formats
 from sahs_nerfstudio.data.formats import FormatError
@@ -22,8 +27,10 @@ from sahs_nerfstudio.data.sahs_dataparser import read_labels
 from sahs_nerfstudio.data.semantics import MOUTH_CLASSES
 from sahs_nerfstudio.data.synthetic import CONTROL_NAMES, SUBJECT_FILE
 from sahs_nerfstudio.driving import check_driver, load_driver
-from sahs_nerfstudio.render import load_run, render_driven_video
+from sahs_nerfstudio.rendering import driven
+from sahs_nerfstudio.rendering.driven import render_driven_video
 from sahs_nerfstudio.scripts import render as render_cli
+from sahs_nerfstudio.utils.run_loader import load_run
 from sahs_nerfstudio.utils.video import read_video_frames
 
 FPS = 25.0
@@ -133,7 +140,20 @@ def test_wav_driver_any_sample_rate(audio_run, tmp_path, rate):
     assert got["audio_seconds"] == pytest.approx(0.4, abs=0.07)
 
 
-def test_orbit_with_frozen_pose_and_scaled_resolution(audio_run, tiny_subject, tmp_path):
+def _captured_frames(monkeypatch) -> list[list[np.ndarray]]:
+    """Every later driven video's frames, exactly as handed to the encoder (before H.264 rounding)."""
+    videos: list[list[np.ndarray]] = []
+    real = driven.write_video
+
+    def capture(path, frames, *args, **kwargs):
+        videos.append([np.array(frame) for frame in frames])
+        return real(path, iter(videos[-1]), *args, **kwargs)
+
+    monkeypatch.setattr(driven, "write_video", capture)
+    return videos
+
+
+def test_orbit_with_frozen_pose_and_scaled_resolution(audio_run, tiny_subject, tmp_path, monkeypatch):
     config, loaded = audio_run
     out = tmp_path / "frozen.mp4"
     render_driven_video(
@@ -148,6 +168,26 @@ def test_orbit_with_frozen_pose_and_scaled_resolution(audio_run, tiny_subject, t
     )
     got = _streams(out)
     assert (got["frames"], got["width"], got["height"]) == (3, 16, 16)
+    # Same orbit, same audio codes, pose frozen or following the camera: the only difference between the
+    # two videos is the pose code the model is given, which is the same at frame 0 and differs after.
+    videos = _captured_frames(monkeypatch)
+    for pose in ("frozen", "follow"):
+        render_driven_video(
+            config,
+            tmp_path / f"{pose}.mp4",
+            driver=tiny_subject / "adnerf" / "aud.npy",
+            cameras="orbit",
+            orbit_degrees=25,
+            pose=pose,  # type: ignore[arg-type]
+            max_frames=3,
+            loaded=loaded,
+        )
+    frozen, follow = videos
+    assert np.array_equal(frozen[0], follow[0])
+    for t in (1, 2):
+        assert not np.array_equal(frozen[t], follow[t]), t
+    # The camera still moves under a frozen pose: frames 0 and 1 show different views.
+    assert not np.array_equal(frozen[0], frozen[1])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -300,17 +340,160 @@ def test_checkpoint_of_another_model(tiny_run_expression, tmp_path, capsys):
     assert str(ckpt) in err and "'pipeline'" in err and "missing" in err and "unexpected" in err
 
 
-def test_ns_render_dataset_keeps_each_frames_code(expression_run, tmp_path):
-    """nerfstudio's own ``ns-render dataset`` path: per-frame metadata reaches the model."""
+def test_ns_render_dataset_keeps_each_frames_code(expression_run, tiny_subject, tmp_path):
+    """nerfstudio's own ``ns-render dataset`` path: each frame's own code reaches the model.
+
+    A test split of three frames seen through one camera, with expressions wide, shut, wide: the
+    renders of the two wide frames are identical, and the shut one differs from them at the mouth.
+    """
     from nerfstudio.scripts.render import DatasetRender
 
     config, _ = expression_run
+    data = tmp_path / "nerface"
+    shutil.copytree(tiny_subject / "nerface", data)
+    test_json = json.loads((data / "transforms_test.json").read_text())
+    train = json.loads((data / "transforms_train.json").read_text())["frames"]
+    jaw = _jaw(tiny_subject)[: len(train)]
+    wide, shut = train[int(np.argmax(jaw))]["expression"], train[int(np.argmin(jaw))]["expression"]
+    base = test_json["frames"][0]
+    src = Path(base["file_path"])
+    frames = []
+    for name, expression in (("a_wide", wide), ("b_shut", shut), ("c_wide", wide)):
+        file_path = f"./{(src.parent / name).as_posix()}"
+        shutil.copy(data / src.parent / f"{src.name}.png", data / src.parent / f"{name}.png")
+        shutil.copy(formats.nerface_mask_path(data, base["file_path"]), formats.nerface_mask_path(data, file_path))
+        frames.append({**base, "file_path": file_path, "expression": expression})
+    test_json["frames"] = frames
+    (data / "transforms_test.json").write_text(json.dumps(test_json))
+
+    out = tmp_path / "ns_render"
     render = DatasetRender(
         load_config=config,
-        output_path=tmp_path / "ns_render",
+        output_path=out,
+        data=data,
         split="test",
         rendered_output_names=["rgb", "semantics", "deformation_magnitude"],
     )
     render.main()
     for name in ("rgb", "semantics", "deformation_magnitude"):
-        assert len(list((tmp_path / "ns_render" / "test" / name).glob("*.jpg"))) == 3
+        assert len(list((out / "test" / name).glob("*.jpg"))) == 3
+    rgb = {p.stem: np.asarray(Image.open(p), dtype=np.float32) for p in (out / "test" / "rgb").glob("*.jpg")}
+    rows, cols = _mouth_box(tiny_subject, "test", 0)
+    assert np.array_equal(rgb["a_wide"], rgb["c_wide"])  # same camera, same code: the same image
+    assert np.abs(rgb["a_wide"][rows, cols] - rgb["b_shut"][rows, cols]).mean() > 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# sahs-render as a user runs it (a subprocess): bad flags and files get one line and status 2
+
+
+def _sahs_render(args: list[str], debug: bool = False) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "SAHS_DEBUG"}
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONWARNINGS"] = "ignore"  # torch's and nerfstudio's import-time deprecation notices are not ours
+    if debug:
+        env["SAHS_DEBUG"] = "1"
+    cmd = [sys.executable, "-m", "sahs_nerfstudio.scripts.render", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, (proc.returncode, err[-2000:])
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err[-2000:]
+    assert err.startswith("sahs-render: error: ")
+    return err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--fps", "0", "a positive frame rate"),
+        ("--resolution-scale", "0", "a positive scale"),
+        ("--resolution-scale", "-1", "a positive scale"),
+        ("--max-frames", "0", "at least 1 frame"),
+    ],
+)
+def test_cli_flag_out_of_range(tiny_run_expression, tmp_path, flag, value, expected):
+    out = tmp_path / "renders" / "x.mp4"
+    err = _one_error_line(_sahs_render(["--load-config", str(tiny_run_expression), "--output", str(out), flag, value]))
+    assert f"field '{flag}'" in err and expected in err
+    assert err.endswith(f"found {float(value) if flag != '--max-frames' else int(value)}")
+    assert "transforms" not in err  # the flag is to blame, not the dataset
+    assert not out.parent.exists()
+
+
+def test_cli_traceback_only_with_debug(tiny_run_expression, tmp_path):
+    proc = _sahs_render(
+        ["--load-config", str(tiny_run_expression), "--output", str(tmp_path / "x.mp4"), "--fps", "0"], True
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert lines[-1].startswith("sahs-render: error: ") and "'--fps'" in lines[-1]
+
+
+def test_cli_output_is_an_existing_folder(tiny_run_expression, tmp_path):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    err = _one_error_line(_sahs_render(["--load-config", str(tiny_run_expression), "--output", str(folder)]))
+    assert err.startswith(f"sahs-render: error: {folder}: field '--output'") and "an existing folder" in err
+    # Nothing left behind: no temporary mp4 beside it, nothing inside it.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["videos"] and not any(folder.iterdir())
+
+
+def test_cli_binary_load_config(tmp_path):
+    config = tmp_path / "config.yml"
+    config.write_bytes(bytes(range(256)) * 4)
+    err = _one_error_line(_sahs_render(["--load-config", str(config)]))
+    assert (
+        err
+        == f"sahs-render: error: {config}: field '<file>': expected a nerfstudio config.yml (YAML text), found binary data"
+    )
+
+
+def _two_process_run(config_path: Path, root: Path) -> Path:
+    """A copy of a run whose checkpoint has the key spelling of ``--machine.num-devices 2`` (DDP: ``_model.module.``)."""
+    config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
+    src = sorted(config.get_checkpoint_dir().glob("step-*.ckpt"))[-1]
+    config.output_dir = root / "outputs"
+    config.save_config()
+    state = torch.load(src, map_location="cpu", weights_only=False)
+    state["pipeline"] = {
+        (f"_model.module.{k[len('_model.') :]}" if k.startswith("_model.") else k): v
+        for k, v in state["pipeline"].items()
+    }
+    config.get_checkpoint_dir().mkdir(parents=True)
+    torch.save(state, config.get_checkpoint_dir() / src.name)
+    return config.get_base_dir() / "config.yml"
+
+
+def test_run_trained_with_two_processes_loads(tiny_run_expression, tmp_path):
+    two = _two_process_run(tiny_run_expression, tmp_path)
+    assert any(k.startswith("_model.module.") for k in torch.load(next(two.parent.glob("*/step-*.ckpt")))["pipeline"])
+    _, pipeline, _, step = load_run(two)
+    _, reference, _, ref_step = load_run(tiny_run_expression)
+    mine, theirs = pipeline.state_dict(), reference.state_dict()
+    assert step == ref_step and mine.keys() == theirs.keys()
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs if isinstance(theirs[k], torch.Tensor))
+    out = tmp_path / "two.mp4"
+    proc = _sahs_render(["--load-config", str(two), "--output", str(out), "--max-frames", "2"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _streams(out)["frames"] == 2
+
+
+def test_unreadable_newest_checkpoint_falls_back_to_the_previous(tiny_run_expression, tmp_path, capsys):
+    config = yaml.load(tiny_run_expression.read_text(), Loader=yaml.Loader)
+    src = sorted(config.get_checkpoint_dir().glob("step-*.ckpt"))[-1]
+    config.output_dir = tmp_path / "outputs"
+    config.save_config()
+    ckpt_dir = config.get_checkpoint_dir()
+    ckpt_dir.mkdir(parents=True)
+    shutil.copy(src, ckpt_dir / src.name)
+    step = int(src.stem.split("-")[1])
+    broken = ckpt_dir / f"step-{step + 1:09d}.ckpt"
+    broken.write_bytes(src.read_bytes()[:1000])  # cut short, as by a crash during the write
+    _, _, path, loaded_step = load_run(config.get_base_dir() / "config.yml")
+    assert (path, loaded_step) == (ckpt_dir / src.name, step)
+    out = capsys.readouterr().out
+    assert "skipping checkpoint" in out and str(broken) in out

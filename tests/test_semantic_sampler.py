@@ -1,4 +1,5 @@
-"""The semantic-aware dynamic ray sampler: statistics, floor, all-reduce, fallbacks, face-rect share, resume.
+"""The semantic-aware dynamic ray sampler: statistics, floor, all-reduce, fallbacks, face-rect share, resume,
+and the pipeline that feeds it from the model's losses.
 
 Statistical tests use scipy's chi-square goodness of fit and accept at p > 0.001 (a correct sampler
 fails one such test in 1000 runs; seeds are fixed so runs are reproducible). Each also checks the
@@ -18,22 +19,20 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as tmp
+from nerfstudio.data.pixel_samplers import PixelSamplerConfig
 from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.utils import writer
 from scipy.stats import chisquare
-from torch import nn
 
 from sahs_nerfstudio.data.semantics import IGNORE_LABEL, LIPS, MOUTH_INTERIOR, NUM_CLASSES
-from sahs_nerfstudio.samplers.semantic_sampler import (
+from sahs_nerfstudio.pipeline import SAHSPipeline, SamplerUpdater, find_train_sampler
+from sahs_nerfstudio.samplers.class_stats import (
     DEFAULT_CLASS_WEIGHTS,
     ClassLossEMA,
-    SemanticPixelSampler,
-    SemanticPixelSamplerConfig,
     class_log_name,
     class_probabilities,
-    find_train_sampler,
-    semantic_sampler_callbacks,
 )
+from sahs_nerfstudio.samplers.semantic_sampler import SemanticPixelSampler, SemanticPixelSamplerConfig
 
 K = NUM_CLASSES
 ALPHA = 1e-3
@@ -209,25 +208,30 @@ def _local_stats(rank: int, step: int):
     return sums, counts
 
 
+class _LatestBatch:
+    """Holds one batch's statistics until the updater takes them, as the pipeline does."""
+
+    def __init__(self) -> None:
+        self.pending: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        stats, self.pending = self.pending, None
+        return stats
+
+
 def _run_updates(rank: int, steps: int, reduce_fn=None):
-    owner = nn.Module()
-    owner.register_buffer("class_loss_sum", torch.zeros(K))
-    owner.register_buffer("class_loss_count", torch.zeros(K))
+    latest = _LatestBatch()
     tracker = ClassLossEMA(K)
     sampler = make_sampler(64, ema_decay=0.5, log_every=1000)
-    pipeline = SimpleNamespace(datamanager=SimpleNamespace(train_pixel_sampler=sampler))
-    attrs = TrainingCallbackAttributes(optimizers=None, grad_scaler=None, pipeline=pipeline, trainer=None)  # type: ignore[arg-type]
-    callbacks = semantic_sampler_callbacks(owner, tracker, attrs)
+    callbacks = SamplerUpdater(tracker, latest.take, sampler).callbacks()
     assert len(callbacks) == 2
     for step in range(steps):
         for cb in callbacks:
             cb.run_callback_at_location(step, BEFORE)
-        sums, counts = reduce_fn(step) if reduce_fn is not None else _local_stats(rank, step)
-        owner.class_loss_sum.copy_(sums)
-        owner.class_loss_count.copy_(counts)
+        latest.pending = reduce_fn(step) if reduce_fn is not None else _local_stats(rank, step)
         for cb in callbacks:
             cb.run_callback_at_location(step, AFTER)
-        assert float(owner.class_loss_count.sum()) == 0.0  # consumed: never counted twice
+        assert latest.pending is None  # consumed: never counted twice
     return sampler.class_probabilities, tracker.mean_loss.clone(), sampler.shared.version
 
 
@@ -256,18 +260,14 @@ def test_two_processes_end_with_identical_probabilities(tmp_path):
     assert (r0["probs"] - local_only).abs().max() > 0.01
 
 
-def test_callbacks_log_probabilities_and_skip_foreign_samplers():
-    owner = nn.Module()
-    owner.register_buffer("class_loss_sum", torch.arange(K, dtype=torch.float32))
-    owner.register_buffer("class_loss_count", torch.ones(K))
+def test_callbacks_log_probabilities_and_skip_foreign_samplers(tmp_path):
+    latest = _LatestBatch()
     sampler = make_sampler(64, log_every=2)
-    attrs = TrainingCallbackAttributes(
-        None, None, SimpleNamespace(datamanager=SimpleNamespace(train_pixel_sampler=sampler)), None
-    )  # type: ignore[arg-type]
-    callbacks = semantic_sampler_callbacks(owner, ClassLossEMA(K), attrs)
+    callbacks = SamplerUpdater(ClassLossEMA(K), latest.take, sampler).callbacks()
     writer.EVENT_STORAGE.clear()
     try:
         for step in range(3):
+            latest.pending = (torch.arange(K, dtype=torch.float32), torch.ones(K))
             for cb in callbacks:
                 cb.run_callback_at_location(step, AFTER)
         logged = {(e["name"], e["step"]) for e in writer.EVENT_STORAGE}
@@ -277,7 +277,11 @@ def test_callbacks_log_probabilities_and_skip_foreign_samplers():
     assert {(class_log_name(c), s) for c in range(K) for s in (0, 2)} == logged
     other = SimpleNamespace(datamanager=SimpleNamespace(train_pixel_sampler=object()))
     assert find_train_sampler(other) is None
-    assert semantic_sampler_callbacks(owner, ClassLossEMA(K), TrainingCallbackAttributes(None, None, other, None)) == []  # type: ignore[arg-type]
+    # A pipeline whose data manager has nerfstudio's own sampler gets the model's callback only.
+    _write_tiny_nerface(tmp_path)
+    pipeline = _tiny_pipeline(tmp_path, PixelSamplerConfig())
+    assert find_train_sampler(pipeline) is None
+    assert len(pipeline.get_training_callbacks(TrainingCallbackAttributes(None, None, pipeline, None))) == 1  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -421,12 +425,10 @@ def test_face_rect_share_statistically_for_an_inactive_and_a_degenerate_rect():
 
 
 # ----------------------------------------------------------------------------------------------
-# (6) resume: the probabilities survive a save/load of the model state dict
+# (6) the pipeline feeds the sampler from the model's losses; resume restores the probabilities
 
 
-def _tiny_model():
-    from nerfstudio.data.scene_box import SceneBox
-
+def _tiny_model_config():
     from sahs_nerfstudio.fields.sahs_field import SAHSFieldConfig
     from sahs_nerfstudio.models.sahs_model import SAHSModelConfig
 
@@ -442,70 +444,107 @@ def _tiny_model():
             grid_channels=4,
         )
 
-    meta = {"driver_kind": "expression", "near": 0.2, "far": 0.8, "background": torch.rand(4, 4, 3)}
-    config = SAHSModelConfig(
+    return SAHSModelConfig(
         audio_field=tiny("audio"), expression_field=tiny("expression"), num_coarse_samples=4, num_importance_samples=4
     )
-    return config.setup(scene_box=SceneBox(aabb=torch.tensor([[-0.5] * 3, [0.5] * 3])), num_train_data=2, metadata=meta)
 
 
-def test_resume_restores_probabilities_from_the_model_state_dict():
+def _tiny_model():
+    from nerfstudio.data.scene_box import SceneBox
+
+    meta = {"driver_kind": "expression", "near": 0.2, "far": 0.8, "background": torch.rand(4, 4, 3)}
+    return _tiny_model_config().setup(
+        scene_box=SceneBox(aabb=torch.tensor([[-0.5] * 3, [0.5] * 3])), num_train_data=2, metadata=meta
+    )
+
+
+def _tiny_pipeline(root: Path, pixel_sampler: PixelSamplerConfig | None = None) -> SAHSPipeline:
+    from sahs_nerfstudio.pipeline import SAHSPipelineConfig
+
+    datamanager = _datamanager_config("vanilla", root, 64)
+    datamanager.pixel_sampler = pixel_sampler or SemanticPixelSamplerConfig(ema_decay=0.5, log_every=1000)
+    pipeline = SAHSPipelineConfig(datamanager=datamanager, model=_tiny_model_config()).setup(device="cpu")
+    assert isinstance(pipeline, SAHSPipeline)
+    return pipeline
+
+
+def test_model_exposes_the_class_losses_of_its_latest_training_batch():
     torch.manual_seed(9)
     model = _tiny_model()
     model.train()
-    sampler = make_sampler(64, log_every=1000)
-    pipeline = SimpleNamespace(datamanager=SimpleNamespace(train_pixel_sampler=sampler))
-    attrs = TrainingCallbackAttributes(None, None, pipeline, None)  # type: ignore[arg-type]
-    callbacks = [cb for cb in model.get_training_callbacks(attrs)]
-    assert len(callbacks) == 3  # set_step + the sampler's two
-
-    # The model's own loss statistics flow into the sampler.
     n = 40
     labels = torch.randint(0, K, (n, 1))
     labels[:3] = IGNORE_LABEL
     labels[3:6] = MOUTH_INTERIOR
     probs = torch.softmax(torch.randn(n, K), -1)
-    outputs = {
-        "rgb": torch.rand(n, 3),
-        "rgb_coarse": torch.rand(n, 3),
-        "semantics_probs": probs,
-        "semantics_probs_coarse": probs,
-    }
+    outputs = {"rgb": torch.rand(n, 3), "rgb_coarse": torch.rand(n, 3)}
+    outputs.update(semantics_probs=probs, semantics_probs_coarse=probs)
     batch = {"image": torch.rand(n, 3), "semantics": labels}
+    model.get_loss_dict(outputs, batch)
+    assert int(model.class_loss_count.sum()) == n - 3  # ignored rays are not counted
+    assert int(model.class_loss_count[MOUTH_INTERIOR]) >= 3
+    se = lambda key: ((outputs[key] - batch["image"]) ** 2).mean(-1)  # noqa: E731
+    ce = -torch.log(probs.gather(-1, labels.clamp(min=0))[:, 0] + 1e-8)
+    per_ray = se("rgb") + se("rgb_coarse") + 2 * ce
+    mouth = labels[:, 0] == MOUTH_INTERIOR
+    assert torch.isclose(model.class_loss_sum[MOUTH_INTERIOR], per_ray[mouth].sum(), rtol=1e-5)
+    del batch["semantics"]  # a batch without labels counts no rays (not the previous batch's again)
+    model.get_loss_dict(outputs, batch)
+    assert float(model.class_loss_count.sum()) == 0.0
+    model.eval()  # evaluation batches leave the training statistics alone
+    model.get_loss_dict(outputs, {"image": torch.rand(n, 3), "semantics": labels})
+    assert float(model.class_loss_count.sum()) == 0.0
+
+
+def test_pipeline_feeds_the_sampler_and_resume_restores_its_probabilities(tmp_path):
+    torch.manual_seed(10)
+    _write_tiny_nerface(tmp_path)
+    pipeline = _tiny_pipeline(tmp_path)
+    sampler = pipeline.datamanager.train_pixel_sampler
+    assert isinstance(sampler, SemanticPixelSampler) and find_train_sampler(pipeline) is sampler
+    callbacks = pipeline.get_training_callbacks(TrainingCallbackAttributes(None, None, pipeline, None))  # type: ignore[arg-type]
+    assert len(callbacks) == 3  # the model's set_step + the sampler's two
+
+    # The model's own per-class losses of each step flow through the pipeline into the moving average.
+    expected_mean, seen = torch.zeros(K), torch.zeros(K, dtype=torch.bool)
     for step in range(3):
         for cb in callbacks:
             cb.run_callback_at_location(step, BEFORE)
-        model.get_loss_dict(outputs, batch)
-        expected_sum, expected_count = model.class_loss_sum.clone(), model.class_loss_count.clone()
+        pipeline.get_train_loss_dict(step)
+        loss_sum, loss_count = pipeline.model.class_loss_sum.clone(), pipeline.model.class_loss_count.clone()
+        assert int(loss_count.sum()) == 64  # every ray of this data has a label
         for cb in callbacks:
             cb.run_callback_at_location(step, AFTER)
-    assert int(expected_count.sum()) == n - 3  # ignored rays are not counted
-    mean = expected_sum / expected_count.clamp(min=1)
-    present = expected_count > 0
-    assert torch.allclose(model.sampler_stats.mean_loss[present], mean[present], atol=1e-6)  # same batch 3x
+        present = loss_count > 0
+        batch_mean = loss_sum / loss_count.clamp(min=1)
+        expected_mean = torch.where(present & seen, 0.5 * expected_mean + 0.5 * batch_mean, expected_mean)
+        expected_mean = torch.where(present & ~seen, batch_mean, expected_mean)
+        seen |= present
+    assert torch.allclose(pipeline.sampler_stats.mean_loss, expected_mean, atol=1e-6)
+    assert pipeline.take_class_losses() is None  # consumed by the last step's update
     saved_probs = sampler.class_probabilities
-    assert not torch.allclose(saved_probs, torch.full((K,), 1 / K).double())
+    assert sampler.active and not torch.allclose(saved_probs, torch.full((K,), 1 / K).double())
 
-    state = model.state_dict()
+    state = pipeline.state_dict()
     assert "sampler_stats.mean_loss" in state and "sampler_stats.num_updates" in state
+    assert not [key for key in state if key.startswith("_model.") and "sampler_stats" in key]
     buf = io.BytesIO()
     torch.save({"pipeline": state}, buf)
     buf.seek(0)
+    loaded = torch.load(buf)["pipeline"]
+    # Checkpoints written while the model held the statistics (a model buffer) load the same way.
+    legacy = {(f"_model.{k}" if k.startswith("sampler_stats.") else k): v for k, v in loaded.items()}
 
-    resumed = _tiny_model()
-    resumed.load_state_dict(torch.load(buf)["pipeline"])
-    fresh_sampler = make_sampler(64)
-    assert not fresh_sampler.active
-    attrs2 = TrainingCallbackAttributes(
-        None,
-        None,
-        SimpleNamespace(datamanager=SimpleNamespace(train_pixel_sampler=fresh_sampler)),
-        None,  # type: ignore[arg-type]
-    )
-    for cb in resumed.get_training_callbacks(attrs2):
-        cb.run_callback_at_location(100, BEFORE)
-    assert fresh_sampler.active
-    assert torch.allclose(fresh_sampler.class_probabilities, saved_probs, atol=1e-12)
+    for saved in (loaded, legacy):
+        resumed = _tiny_pipeline(tmp_path)
+        fresh_sampler = resumed.datamanager.train_pixel_sampler
+        assert isinstance(fresh_sampler, SemanticPixelSampler) and not fresh_sampler.active
+        resumed.load_pipeline(saved, step=3)
+        assert torch.equal(resumed.sampler_stats.num_updates, pipeline.sampler_stats.num_updates)
+        for cb in resumed.get_training_callbacks(TrainingCallbackAttributes(None, None, resumed, None)):  # type: ignore[arg-type]
+            cb.run_callback_at_location(100, BEFORE)
+        assert fresh_sampler.active
+        assert torch.allclose(fresh_sampler.class_probabilities, saved_probs, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ from sahs_nerfstudio.data import semantics as sem
 from sahs_nerfstudio.data.formats import (
     ADNERF_AUDIO,
     ADNERF_AUDIO_WAV,
+    FormatError,
     adnerf_image_path,
     adnerf_mask_path,
     adnerf_parsing_path,
@@ -271,3 +274,40 @@ def test_512_pixels(tmp_path):
     assert read_rgb(adnerf_image_path(tmp_path / "adnerf", 1)).shape == (512, 512, 3)
     assert read_audio_features(tmp_path / "adnerf" / ADNERF_AUDIO).shape == (2, 16, 29)
     assert summary.class_fractions["eyes"] > 0 and summary.class_fractions["lips"] > 0
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"resolution": 4}, "field '--resolution': expected at least 8 pixels, found 4"),
+        ({"width": 64, "height": 7}, "field '--height': expected at least 8 pixels, found 7"),
+        ({"num_train": 0}, "field '--num-train': expected at least one training frame, found 0"),
+        ({"num_test": 0}, "field '--num-test': expected at least one held-out frame, found 0"),
+        ({"num_val": 0}, "field '--num-val': expected at least one validation frame, found 0"),
+        ({"fps": 0.0}, "field '--fps': expected a positive frame rate, found 0.0"),
+        ({"jpeg_quality": 0}, "field '--jpeg-quality': expected 1 .. 100, found 0"),
+        ({"layouts": ()}, "field '--layouts': expected at least one layout"),
+    ],
+)
+def test_bad_settings_name_the_flag(changes, expected, tmp_path):
+    with pytest.raises(FormatError) as err:
+        generate_subject(SyntheticConfig(output=tmp_path / "s", **changes))
+    assert expected in str(err.value)
+    assert not (tmp_path / "s").exists()
+
+
+def test_cli_bad_flag_is_one_line_and_status_2(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    for args, expected in (
+        (["--output", str(tmp_path / "s"), "--resolution", "4"], "field '--resolution': expected at least 8 pixels"),
+        (
+            ["--output", str(tmp_path / "file")],
+            f"{tmp_path / 'file'}: field '--output': expected a folder, found a file",
+        ),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "sahs_nerfstudio.scripts.synth", *args], capture_output=True, text=True, timeout=600
+        )
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        lines = [line for line in proc.stderr.splitlines() if line.startswith("sahs-synth: error: ")]
+        assert len(lines) == 1 and expected in lines[0], proc.stderr

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 from nerfstudio.scripts.train import train_loop
-from nerfstudio.utils.eval_utils import eval_setup
 
-import sahs_nerfstudio.sahs_config  # noqa: F401  (registers numpy types for checkpoint loading)
-from sahs_nerfstudio.data.semantics import MOUTH_CLASSES
-from sahs_nerfstudio.presets import TINY_FIELD, TINY_MODEL, model_flags, tiny_trainer_config
+import sahs_nerfstudio.sahs_config  # noqa: F401  (the sahs methods; pipelines register checkpoint types)
+from sahs_nerfstudio.presets import cpu_model_config, model_flags, tiny_field, tiny_model_config, tiny_trainer_config
+from sahs_nerfstudio.utils.metrics import mouth_mask
+from sahs_nerfstudio.utils.run_loader import load_run
 
 STEPS = 400
 
@@ -52,10 +52,10 @@ def trained_expression_run(subject_train, tmp_path_factory):
 
 
 def test_training_raises_held_out_psnr_and_learns_semantics(trained_expression_run, subject_train, tmp_path):
-    _, pipeline, _, _ = eval_setup(trained_expression_run, test_mode="test")
+    _, pipeline, _, _ = load_run(trained_expression_run, test_mode="test")
     trained = _held_out_metrics(pipeline)
     untrained_config = _train(subject_train / "nerface", tmp_path, 1, "untrained")
-    _, untrained_pipeline, _, _ = eval_setup(untrained_config, test_mode="test")
+    _, untrained_pipeline, _, _ = load_run(untrained_config, test_mode="test")
     untrained = _held_out_metrics(untrained_pipeline)
     # Held-out frames carry novel expression combinations. The untrained model renders the background
     # image (16.5 dB here); 400 tiny steps measured 18.6 dB and mIoU 0.36 (an MLP NeRF is slow to fit:
@@ -66,7 +66,7 @@ def test_training_raises_held_out_psnr_and_learns_semantics(trained_expression_r
 
 
 def test_driving_code_moves_the_mouth_not_the_background(trained_expression_run):
-    _, pipeline, _, _ = eval_setup(trained_expression_run, test_mode="test")
+    _, pipeline, _, _ = load_run(trained_expression_run, test_mode="test")
     model = pipeline.model
     model.eval()
     dataset = pipeline.datamanager.train_dataset
@@ -81,9 +81,7 @@ def test_driving_code_moves_the_mouth_not_the_background(trained_expression_run)
         renders.append(model.get_outputs_for_camera(cam)["rgb"])
     diff = (renders[0] - renders[1]).abs().mean(-1)
     labels = dataset[a]["semantics"][..., 0]
-    mouth = torch.zeros_like(labels, dtype=torch.bool)
-    for cls in MOUTH_CLASSES:
-        mouth |= labels == cls
+    mouth = mouth_mask(labels)
     # dilate the mouth a little: an opening jaw moves the lips' surroundings too
     mouth = torch.nn.functional.max_pool2d(mouth[None, None].float(), 5, 1, 2)[0, 0].bool()
     background = labels == 0
@@ -94,7 +92,7 @@ def test_driving_code_moves_the_mouth_not_the_background(trained_expression_run)
 
 def test_audio_driver_trains_and_checkpoint_resumes(subject_train, tmp_path):
     config_path = _train(subject_train / "adnerf", tmp_path, 30, "audio")
-    _, pipeline, ckpt, step = eval_setup(config_path, test_mode="test")
+    _, pipeline, ckpt, step = load_run(config_path, test_mode="test")
     assert pipeline.model.driver_kind == "audio" and step == 29
     # resume: a second run loading the first one's checkpoints continues from its step (nerfstudio runs
     # max_num_iterations more steps after the loaded one: 30..39)
@@ -125,7 +123,7 @@ def _ns_train_sahs(data: Path, tmp_path: Path, name: str, extra: list[str]) -> s
 
 def test_ns_train_cli_then_ns_eval_and_ns_render(subject_train, tmp_path):
     bindir = Path(sys.executable).parent
-    flags = model_flags(TINY_FIELD, TINY_MODEL, fields=("expression-field",))
+    flags = model_flags(tiny_model_config(), fields=("expression-field",))
     train = _ns_train_sahs(subject_train / "nerface", tmp_path, "cli", ["--max-num-iterations", "3", *flags])
     assert train.returncode == 0, train.stderr[-3000:]
     config = tmp_path / "outputs" / "cli" / "sahs" / "t" / "config.yml"
@@ -163,9 +161,8 @@ def test_ns_train_cli_then_ns_eval_and_ns_render(subject_train, tmp_path):
 
 def test_two_cpu_processes_train_with_gloo(subject_train, tmp_path):
     """`--machine.num-devices 2` on the CPU: two DDP processes (gloo) train and rank 0 checkpoints."""
-    flags = model_flags(
-        TINY_FIELD, {"num_coarse_samples": 8, "num_importance_samples": 8}, fields=("expression-field",)
-    )
+    model = cpu_model_config(tiny_field, num_coarse_samples=8, num_importance_samples=8)
+    flags = model_flags(model, fields=("expression-field",))
     run = _ns_train_sahs(
         subject_train / "nerface", tmp_path, "ddp", ["--machine.num-devices", "2", "--max-num-iterations", "4", *flags]
     )
@@ -175,4 +172,5 @@ def test_two_cpu_processes_train_with_gloo(subject_train, tmp_path):
     state = torch.load(ckpts[-1], map_location="cpu", weights_only=False)["pipeline"]
     # DDP prefixes parameters with "module."; the semantic sampler's statistics were updated every step
     assert any(k.startswith("_model.module.") for k in state)
-    assert int(state["_model.module.sampler_stats.num_updates"].max()) == 4
+    # (a pipeline buffer: the pipeline feeds the sampler, outside the DDP-wrapped model)
+    assert int(state["sampler_stats.num_updates"].max()) == 4

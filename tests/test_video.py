@@ -87,3 +87,11 @@ def test_bad_input(tmp_path: Path) -> None:
         write_video(
             tmp_path / "d.mp4", _frames(2, 8, 8), fps=25, audio=np.zeros((100, 2), np.float32), sample_rate=8000
         )
+
+
+def test_existing_folder_as_path_leaves_nothing_behind(tmp_path: Path) -> None:
+    folder = tmp_path / "out.mp4"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        write_video(folder, _frames(2, 8, 8), fps=25)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"] and not any(folder.iterdir())

@@ -13,17 +13,17 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.viewer.utils import parse_object
 from nerfstudio.viewer.viewer_elements import ViewerControl, ViewerElement
+from viewer_browser import chromium_path, drive_viewer, free_port, start_viewer, stop_viewer  # tests/viewer_browser.py
 
 from sahs_nerfstudio.fields.sahs_field import SAHSFieldConfig
+from sahs_nerfstudio.models.camera_outputs import DISPLAY_ORDER, display_outputs
 from sahs_nerfstudio.models.sahs_model import SAHSModelConfig
-from sahs_nerfstudio.viewer.browser import chromium_path, drive_viewer, free_port, start_viewer, stop_viewer
 from sahs_nerfstudio.viewer.controls import (
     AUDIO_WINDOW,
     DATASET_FRAME,
-    DISPLAY_ORDER,
     EXPRESSION_SLIDERS,
     VIEWER_TIME,
-    display_outputs,
+    attach_avatar_controls,
     expression_pca,
 )
 
@@ -69,6 +69,7 @@ def _model(driver: str = "expression", frames: int = 12):
     with torch.no_grad():
         for field in (model.field_coarse, model.field_fine):
             field.canonical.trunk.layers[-1].bias[0] = 2.0
+    attach_avatar_controls(model)  # what SAHSPipeline does after building the model
     model.eval()
     return model
 

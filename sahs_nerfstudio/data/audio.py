@@ -16,6 +16,17 @@ computes features of the same shape and timing from a log-mel spectrogram instea
 
 The synthetic subject computes its ``aud.npy`` with :func:`wav_to_features` on the ``aud.wav`` it
 writes, so training data and users' driving wavs go through the very same code.
+
+Provenance: a run records which extractor made its training features (:func:`feature_provenance`):
+this one (:func:`project_extractor_description`, with its parameters) or ``external: <file> [shape]``
+(DeepSpeech logits of a released AD-NeRF subject, wav2vec / HuBERT features, ...). Only a model trained
+on this extractor's features can be driven by a recording, since only then is the recording turned
+into features of the same meaning.
+
+Smoothing (AD-NeRF's AudioAttNet input, :func:`smoothing_positions`): frame ``i`` of a sequence is
+smoothed over the windows at positions ``i - 4 .. i + 3`` of that same sequence (the training set
+during training, the driving sequence when driven); positions outside it contribute all-zero
+windows, as AD-NeRF's trainer pads them.
 """
 
 from __future__ import annotations
@@ -23,6 +34,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from sahs_nerfstudio.data.formats import FormatError
 
@@ -34,6 +48,10 @@ WINDOW = 16
 """Feature frames per video frame window."""
 CHANNELS = 29
 """Values per feature frame (DeepSpeech's 29 character logits)."""
+SMOOTHING_WINDOW = 8
+"""Frames AudioAttNet smooths over (AD-NeRF's ``smo_size``)."""
+PROJECT_EXTRACTOR = "sahs log-mel"
+"""How :func:`feature_provenance` names features made by this module."""
 _WIN_SECONDS = 0.025
 _TOP_DB = 80.0
 _STD_FLOOR_DB = 1.0
@@ -143,3 +161,64 @@ def wav_to_features(path: Path | str, fps: float = 25.0, num_frames: int | None 
     """:func:`load_wav` then :func:`audio_features`: ``[N, 16, 29]`` float32 for an audio file."""
     samples, sample_rate = load_wav(path)
     return audio_features(samples, sample_rate, fps=fps, num_frames=num_frames)
+
+
+# ----------------------------------------------------------------------------------------------
+# Provenance
+
+
+def project_extractor_description(fps: float = 25.0, window: int = WINDOW, channels: int = CHANNELS) -> str:
+    """This extractor with every parameter that changes its output."""
+    return (
+        f"{PROJECT_EXTRACTOR} (sahs_nerfstudio/data/audio.py): {FEATURE_SAMPLE_RATE} Hz mono, {channels} mel bands "
+        f"40 Hz-{FEATURE_SAMPLE_RATE // 2} Hz, {_WIN_SECONDS * 1000:g} ms Hann, {FEATURE_RATE:g} feature frames/s, "
+        f"{window}-frame windows at {fps:g} fps, per-recording normalised"
+    )
+
+
+def is_project_extractor(provenance: str) -> bool:
+    """Whether a recorded provenance names this module's extractor."""
+    return provenance.startswith(PROJECT_EXTRACTOR)
+
+
+def external_description(path: Path, shape: tuple[int, ...]) -> str:
+    return f"external: {Path(path).name} [{', '.join(str(int(v)) for v in shape)}]"
+
+
+def feature_provenance(features: np.ndarray, path: Path, wav: Path | None, fps: float = 25.0) -> str:
+    """The project's extractor when ``features`` are exactly what it makes of ``wav``; else external.
+
+    Recomputing is cheap (about a second for a 5,000-frame subject) and needs no side files: a
+    feature file is the project's only if it can be reproduced from the recording beside it.
+    """
+    if wav is not None and wav.is_file() and tuple(features.shape[1:]) == (WINDOW, CHANNELS):
+        try:
+            again = wav_to_features(wav, fps=fps, num_frames=int(features.shape[0]))
+        except FormatError:
+            again = None
+        if again is not None and np.allclose(again, features, atol=1e-4, rtol=0.0):
+            return project_extractor_description(fps)
+    return external_description(path, tuple(features.shape))
+
+
+# ----------------------------------------------------------------------------------------------
+# Smoothing neighbourhoods
+
+
+def smoothing_positions(
+    positions: Int[Tensor, " B"], length: int, size: int = SMOOTHING_WINDOW
+) -> Int[Tensor, "B size"]:
+    """Positions ``p - size//2 .. p - size//2 + size - 1`` for each ``p``; -1 where outside ``[0, length)``.
+
+    For ``size`` 8 that is ``p - 4 .. p + 3``: AD-NeRF's ``auds[i - 4 : i + 4]`` with zero padding.
+    """
+    offsets = torch.arange(size, device=positions.device) - size // 2
+    index = positions.long()[:, None] + offsets[None]
+    return torch.where((index >= 0) & (index < length), index, torch.full_like(index, -1))
+
+
+def gather_zero_padded(rows: Float[Tensor, "T W C"], index: Int[Tensor, "B S"]) -> Float[Tensor, "B S W C"]:
+    """``rows[index]`` with all-zero rows where ``index`` is -1 (AD-NeRF's padding of the window)."""
+    picked = rows[index.long().clamp(min=0)]
+    keep = (index >= 0).to(rows.dtype).view(*index.shape, *([1] * (rows.dim() - 1)))
+    return picked * keep

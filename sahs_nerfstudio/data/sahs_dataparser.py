@@ -10,7 +10,14 @@ Per-frame conditioning travels in ``Cameras.metadata`` (reaching ``ray_bundle.me
 - ``pose``: the 6-d head-pose code (Euler angles + translation of the camera-to-world);
 - ``frame_index``: the frame's index in its split; ``audio_index``: its clamped ``aud_id``;
 - ``bg_projection``: a 3x3 matrix taking a world direction to homogeneous normalised image
-  coordinates of this camera, so the model can look up the fixed background image for any ray.
+  coordinates of this camera, so the model can look up the fixed background image for any ray;
+- ``audio_neighbours`` (AD-NeRF): the audio-table rows AudioAttNet smooths the frame over, the frames
+  at positions i-4..i+3 of its split, -1 (an all-zero window) outside it, as AD-NeRF's trainer.
+
+Bounds (``near``/``far``) are depths along the optical axis (``models/collider.py`` makes them per-ray
+distances); for AD-NeRF they come from ``HeadNeRF_config.txt``/``TorsoNeRF_config.txt`` when present
+(``data/adnerf_config.py``), which also gives the validation stride ``testskip``. Images are read at the
+cameras' size (``downscale_factor``) by ``data/frame_store.py``, which also decodes every mask once.
 """
 
 from __future__ import annotations
@@ -26,15 +33,18 @@ from jaxtyping import Float
 from nerfstudio.cameras.cameras import Cameras, CameraType
 from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserConfig, DataparserOutputs
 from nerfstudio.data.scene_box import SceneBox
-from nerfstudio.utils.rich_utils import CONSOLE
-from PIL import Image
 
-from sahs_nerfstudio.data import formats
+from sahs_nerfstudio.data import adnerf_config, formats, keys, validation
+from sahs_nerfstudio.data import audio as audio_io
+from sahs_nerfstudio.data.frame_store import LabelSource, read_labels, resize_rgb
 from sahs_nerfstudio.data.pose import pose_code
-from sahs_nerfstudio.data.semantics import DecodedMask, decode_adnerf_parsing, decode_mask
 
-# Where a semantic label image comes from, which decides how its colours are read.
-LabelSource = Literal["palette", "adnerf_parsing"]
+__all__ = ["LabelSource", "SAHSDataParser", "SAHSDataParserConfig", "read_labels"]
+
+AUDIO_FROM_WAV = "wav"
+"""``audio_features`` value: recompute the features from the subject's ``aud.wav`` with the project's extractor."""
+ADNERF_FPS = 25.0
+"""AD-NeRF's video frame rate (one audio window per frame)."""
 
 
 @dataclass
@@ -47,11 +57,21 @@ class SAHSDataParserConfig(DataParserConfig):
     layout: Literal["auto", "nerface", "adnerf"] = "auto"
     """Which layout to read; ``auto`` detects it from ``transforms_train.json``."""
     audio_features: str = "aud.npy"
-    """AD-NeRF audio feature file in the dataset root (``aud.npy`` [N,16,29], ``aud_eo.npy``, ``aud_hu.npy``)."""
+    """AD-NeRF audio features: a ``[N, W, C]`` file in the dataset root (``aud.npy`` [N,16,29] DeepSpeech,
+    ``aud_eo.npy``, ``aud_hu.npy`` [N,2,1024], ...), or ``wav`` to recompute them from the subject's ``aud.wav``
+    with the project's log-mel extractor (then any recording can drive the model: ``sahs-render --driver x.wav``)."""
     near: Optional[float] = None
-    """Near plane; None uses the layout's default (NeRFace 0.2; AD-NeRF mean camera distance - 0.2)."""
+    """Near bound, a depth along the optical axis; None: NeRFace 0.2; AD-NeRF the ``near`` of its
+    ``HeadNeRF_config.txt``/``TorsoNeRF_config.txt``, else process_data.py's mean camera depth - 0.2."""
     far: Optional[float] = None
-    """Far plane; None uses the layout's default (NeRFace 0.8; AD-NeRF mean camera distance + 0.4)."""
+    """Far bound, a depth along the optical axis; None: NeRFace 0.8; AD-NeRF the config file's ``far``, else
+    process_data.py's mean camera depth + 0.4."""
+    testskip: Optional[int] = None
+    """AD-NeRF val/test frames: every ``testskip``-th validation frame (0 or 1: all), as AD-NeRF evaluates;
+    None: the config file's ``testskip``, else 8 (AD-NeRF's default). NeRFace splits are read whole."""
+    downscale_factor: int = 1
+    """Divide the image width and height by this (NeRFace's ``half_res`` is 2): intrinsics scaled, images
+    area-averaged, masks nearest-neighbour and the background resized alike when they are read."""
     load_semantics: bool = True
     """Read the 12-class masks (or AD-NeRF's 4-group parsing when those are absent)."""
     adnerf_image_folder: str = "com_imgs"
@@ -70,6 +90,8 @@ class FrameRecord:
     """``(x0, y0, x1, y1)`` as fractions of width and height."""
     label_path: Optional[Path]
     label_source: LabelSource
+    audio_neighbours: Tuple[int, ...] = ()
+    """Audio-table rows of the smoothing window (positions i-4..i+3 in the split; -1 = zero window)."""
 
 
 @dataclass
@@ -85,6 +107,10 @@ class SplitRecord:
     background: Path
     driver_kind: Literal["expression", "audio"]
     audio_table: Optional[np.ndarray] = None
+    audio_provenance: Optional[str] = None
+    """Which extractor made ``audio_table`` (train split only; see ``data/audio.py``)."""
+    principal_fraction: Optional[Tuple[float, float]] = None
+    """NeRFace's ``cx, cy`` as fractions: applied to the (possibly downscaled) size, as its ``half_res``."""
 
 
 def _fraction_rect_from_bbox(bbox: Tuple[float, float, float, float]) -> Tuple[float, float, float, float]:
@@ -121,18 +147,47 @@ def _read_nerface(root: Path, split: str, load_semantics: bool) -> SplitRecord:
         height=height,
         background=root / formats.NERFACE_BACKGROUND,
         driver_kind="expression",
+        principal_fraction=(cx_frac, cy_frac),
     )
+
+
+def _audio_table(root: Path, config: SAHSDataParserConfig, with_provenance: bool) -> Tuple[np.ndarray, Optional[str]]:
+    """The ``[N, W, C]`` feature table and (when asked) which extractor made it."""
+    wav = root / formats.ADNERF_AUDIO_WAV
+    if config.audio_features == AUDIO_FROM_WAV:
+        table = audio_io.wav_to_features(wav, fps=ADNERF_FPS)
+        return table, audio_io.project_extractor_description(ADNERF_FPS) if with_provenance else None
+    path = root / config.audio_features
+    table = formats.read_audio_features(path)
+    return table, audio_io.feature_provenance(table, path, wav, ADNERF_FPS) if with_provenance else None
+
+
+def _testskip(root: Path, config: SAHSDataParserConfig) -> int:
+    """AD-NeRF's validation stride: the flag, else the config file's, else 8; 0 means every frame."""
+    skip = config.testskip
+    if skip is None:
+        skip = adnerf_config.read_run_config(root).testskip
+    if skip is None:
+        skip = adnerf_config.DEFAULT_TESTSKIP
+    if skip < 0:
+        raise formats.FormatError(root, "testskip", "an integer >= 0", str(skip))
+    return max(int(skip), 1)
 
 
 def _read_adnerf(root: Path, split: str, config: SAHSDataParserConfig) -> SplitRecord:
     data = formats.read_adnerf_split(root, split)
-    audio_path = root / config.audio_features
-    table = formats.read_audio_features(audio_path)
+    table, provenance = _audio_table(root, config, with_provenance=split == "train")
     first = formats.adnerf_image_path(root, data.frames[0].img_id, config.adnerf_image_folder)
     width, height = formats.image_size(first, "frames[0].img_id")
+    transforms = formats.adnerf_transforms_path(root, split)
+    validation.check_pixel_principal_point(transforms, data.cx, data.cy, (width, height))
+    table_path = root / (formats.ADNERF_AUDIO_WAV if config.audio_features == AUDIO_FROM_WAV else config.audio_features)
+    audio_rows, clamped = formats.resolve_audio_ids(
+        transforms, [fr.aud_id for fr in data.frames], table_path, table.shape[0]
+    )
+    validation.report_clamped_audio(transforms, table_path, clamped, table.shape[0])
     frames = []
-    for fr in data.frames:
-        aud = formats.clamp_audio_index(fr.aud_id, table.shape[0])
+    for fr, aud in zip(data.frames, audio_rows, strict=True):
         label_path: Optional[Path] = None
         source: LabelSource = "palette"
         if config.load_semantics:
@@ -157,6 +212,13 @@ def _read_adnerf(root: Path, split: str, config: SAHSDataParserConfig) -> SplitR
                 label_source=source,
             )
         )
+    # Smoothing windows over positions in the whole split (AD-NeRF's trainer: the training set), then
+    # AD-NeRF's evaluation stride on the validation split.
+    positions = audio_io.smoothing_positions(torch.arange(len(frames)), len(frames)).tolist()
+    for fr, pos in zip(frames, positions, strict=True):
+        fr.audio_neighbours = tuple(frames[p].audio_index if p >= 0 else -1 for p in pos)
+    if split != "train":
+        frames = frames[:: _testskip(root, config)]
     return SplitRecord(
         frames=frames,
         fx=data.focal_len,
@@ -168,13 +230,8 @@ def _read_adnerf(root: Path, split: str, config: SAHSDataParserConfig) -> SplitR
         background=root / formats.ADNERF_BACKGROUND,
         driver_kind="audio",
         audio_table=table,
+        audio_provenance=provenance,
     )
-
-
-def read_labels(path: Path, source: LabelSource) -> DecodedMask:
-    """Decode a label image into class indices (IGNORE_LABEL where no palette colour matches)."""
-    rgb = formats.read_rgb(path, "<mask>")
-    return decode_mask(rgb) if source == "palette" else decode_adnerf_parsing(rgb)
 
 
 def background_projection(
@@ -248,13 +305,16 @@ class SAHSDataParser(DataParser):
         if not root.is_dir():
             raise formats.FormatError(root, "<data>", "a dataset folder", "no such folder")
         layout = self.layout()
+        if layout == "nerface":
+            validation.check_nerface_code_widths(root)
         rec = self.read_split(split)
-        num_unmatched = self._check_images(rec)
-        if num_unmatched:
-            CONSOLE.print(
-                f"[yellow]sahs-data: {num_unmatched} mask pixels in {root} ({split}) match no palette colour "
-                "(e.g. JPEG noise); they are ignored by the semantic loss."
-            )
+        # Headers only: images and masks are decoded once, into the frame cache (which counts unmatched pixels).
+        validation.check_frame_files(
+            [f.image for f in rec.frames],
+            [f.label_path for f in rec.frames],
+            (rec.width, rec.height),
+            self.config.load_semantics,
+        )
 
         c2w = torch.from_numpy(np.stack([f.c2w for f in rec.frames])).float()[:, :3, :4]
         n = len(rec.frames)
@@ -262,21 +322,24 @@ class SAHSDataParser(DataParser):
         def col(v: float) -> torch.Tensor:
             return torch.full((n, 1), float(v))
 
+        size, fx, fy, cx_int, cy_int = self._intrinsics(rec)
         # Shift by half a pixel so nerfstudio's pixel-centre rays equal the originals' integer rays.
-        cx, cy = rec.cx + 0.5, rec.cy + 0.5
-        width, height = col(rec.width), col(rec.height)
+        cx, cy = cx_int + 0.5, cy_int + 0.5
+        width, height = col(size[0]), col(size[1])
         drivers = torch.from_numpy(np.stack([f.driver for f in rec.frames])).float()
         metadata = {
-            "driver": drivers,
-            "pose": pose_code(c2w),
-            "frame_index": torch.arange(n, dtype=torch.float32)[:, None],
-            "audio_index": torch.tensor([[float(f.audio_index)] for f in rec.frames]),
-            "bg_projection": background_projection(c2w, col(rec.fx), col(rec.fy), col(cx), col(cy), width, height),
+            keys.DRIVER: drivers,
+            keys.POSE: pose_code(c2w),
+            keys.FRAME_INDEX: torch.arange(n, dtype=torch.float32)[:, None],
+            keys.AUDIO_INDEX: torch.tensor([[float(f.audio_index)] for f in rec.frames]),
+            keys.BG_PROJECTION: background_projection(c2w, col(fx), col(fy), col(cx), col(cy), width, height),
         }
+        if rec.driver_kind == "audio":
+            metadata[keys.AUDIO_NEIGHBOURS] = torch.tensor([list(f.audio_neighbours) for f in rec.frames]).float()
         cameras = Cameras(
             camera_to_worlds=c2w,
-            fx=col(rec.fx),
-            fy=col(rec.fy),
+            fx=col(fx),
+            fy=col(fy),
             cx=col(cx),
             cy=col(cy),
             width=width.long(),
@@ -286,7 +349,7 @@ class SAHSDataParser(DataParser):
             metadata=metadata,
         )
 
-        near, far = self._near_far(layout, c2w)
+        near, far, bounds_source = self._near_far(layout)
         radius = float(c2w[:, :3, 3].norm(dim=-1).max())
         scene_box = SceneBox(aabb=torch.tensor([[-radius] * 3, [radius] * 3], dtype=torch.float32))
         background = formats.read_rgb(rec.background, "background")
@@ -297,18 +360,23 @@ class SAHSDataParser(DataParser):
                 f"{rec.width}x{rec.height} like the frames",
                 f"{background.shape[1]}x{background.shape[0]}",
             )
+        background = resize_rgb(background, size)
         rects = torch.tensor([f.face_rect if f.face_rect is not None else (0.0, 0.0, 1.0, 1.0) for f in rec.frames])
         out_meta: Dict[str, object] = {
             "layout": layout,
             "driver_kind": rec.driver_kind,
             "driver_dim": int(drivers.shape[1]),
             "drivers": drivers,
-            "audio_indices": metadata["audio_index"],
+            "audio_indices": metadata[keys.AUDIO_INDEX],
             "audio_window": None if rec.audio_table is None else tuple(rec.audio_table.shape[1:]),
             "audio_table": None if rec.audio_table is None else torch.from_numpy(rec.audio_table),
             "background": torch.from_numpy(background.astype(np.float32) / 255.0),
             "near": near,
             "far": far,
+            "bounds_source": bounds_source,
+            "audio_provenance": rec.audio_provenance,
+            "audio_neighbours": metadata.get(keys.AUDIO_NEIGHBOURS),
+            "downscale_factor": int(self.config.downscale_factor),
             "face_rects": rects,
             "label_paths": [f.label_path for f in rec.frames],
             "label_sources": [f.label_source for f in rec.frames],
@@ -321,45 +389,50 @@ class SAHSDataParser(DataParser):
             metadata=out_meta,
         )
 
-    def _near_far(self, layout: formats.Layout, c2w: torch.Tensor) -> Tuple[float, float]:
-        if layout == "nerface":
-            near, far = 0.2, 0.8
+    def _intrinsics(self, rec: SplitRecord) -> Tuple[Tuple[int, int], float, float, float, float]:
+        """Size, focal lengths and integer-convention principal point after ``downscale_factor``.
+
+        NeRFace (its ``half_res``): fx, fy divided, cx, cy fractions of the new size. AD-NeRF (pixels): the
+        principal point moves with the pixel grid, ``cx' + 0.5 = (cx + 0.5) * W' / W``.
+        """
+        factor = int(self.config.downscale_factor)
+        if factor < 1:
+            raise formats.FormatError(self.config.data, "downscale_factor", "an integer >= 1", str(factor))
+        width, height = rec.width // factor, rec.height // factor
+        if width < 1 or height < 1:
+            raise formats.FormatError(
+                self.config.data, "downscale_factor", f"at most {min(rec.width, rec.height)}", str(factor)
+            )
+        fx, fy = rec.fx / factor, rec.fy / factor
+        if rec.principal_fraction is not None:
+            cx, cy = rec.principal_fraction[0] * width, rec.principal_fraction[1] * height
         else:
-            # AD-NeRF: the mean camera distance to the origin, -0.2 / +0.4.
-            dist = float(c2w[:, :3, 3].norm(dim=-1).mean())
-            near, far = dist - 0.2, dist + 0.4
+            cx = (rec.cx + 0.5) * width / rec.width - 0.5
+            cy = (rec.cy + 0.5) * height / rec.height - 0.5
+        return (width, height), fx, fy, cx, cy
+
+    def _near_far(self, layout: formats.Layout) -> Tuple[float, float, str]:
+        """Bounds (depths along the optical axis) and where they came from; flags override."""
+        root = self.config.data
+        if layout == "nerface":
+            near, far, source = 0.2, 0.8, "NeRFace default"
+        else:
+            run_cfg = adnerf_config.read_run_config(root)
+            near, far = run_cfg.near, run_cfg.far
+            source = run_cfg.path.name if run_cfg.path is not None else ""
+            if near is None or far is None:
+                # process_data.py: the mean depth of the origin over all frames (train and val).
+                poses = [fr.transform_matrix for fr in formats.read_adnerf_split(root, "train").frames]
+                if formats.adnerf_transforms_path(root, "val").is_file():
+                    poses += [fr.transform_matrix for fr in formats.read_adnerf_split(root, "val").frames]
+                formula = adnerf_config.bounds_from_poses(np.stack(poses))
+                near = formula[0] if near is None else near
+                far = formula[1] if far is None else far
+                source = (source + " + " if source else "") + "process_data.py mean depth -0.2/+0.4"
+        if self.config.near is not None or self.config.far is not None:
+            source += " (overridden by --near/--far)"
         near = self.config.near if self.config.near is not None else near
         far = self.config.far if self.config.far is not None else far
         if not (0 <= near < far) or not math.isfinite(far):
-            raise formats.FormatError(self.config.data, "near/far", "0 <= near < far", f"near={near}, far={far}")
-        return near, far
-
-    def _check_images(self, rec: SplitRecord) -> int:
-        """Every image readable and of one size, every mask of that size; returns unmatched mask pixels."""
-        unmatched = 0
-        for k, fr in enumerate(rec.frames):
-            size = formats.image_size(fr.image, f"frames[{k}] image")
-            if size != (rec.width, rec.height):
-                raise formats.FormatError(
-                    fr.image, "<image size>", f"{rec.width}x{rec.height} like frame 0", f"{size[0]}x{size[1]}"
-                )
-            if fr.label_path is not None:
-                msize = formats.image_size(fr.label_path, f"frames[{k}] mask")
-                if msize != size:
-                    raise formats.FormatError(
-                        fr.label_path, "<mask size>", f"{size[0]}x{size[1]} like its image", f"{msize[0]}x{msize[1]}"
-                    )
-                unmatched += read_labels(fr.label_path, fr.label_source).num_unmatched
-        return unmatched
-
-
-def load_label_tensor(path: Path, source: LabelSource, scale_factor: float = 1.0) -> torch.Tensor:
-    """Labels as a ``[H, W, 1]`` long tensor, resized by nearest neighbour with the image's scale factor."""
-    labels = read_labels(path, source).labels
-    if scale_factor != 1.0:
-        h, w = labels.shape
-        size = (int(w * scale_factor), int(h * scale_factor))
-        # Shift labels by one so IGNORE_LABEL (-1) survives as a valid uint8 value.
-        img = Image.fromarray((labels + 1).astype(np.uint8)).resize(size, resample=Image.Resampling.NEAREST)
-        labels = np.asarray(img).astype(np.int64) - 1
-    return torch.from_numpy(labels)[..., None]
+            raise formats.FormatError(root, "near/far", "0 <= near < far", f"near={near}, far={far}")
+        return float(near), float(far), source

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
@@ -12,9 +10,7 @@ from torch import Tensor, nn
 
 from sahs_nerfstudio.fields.deformation import encode_conditioning
 from sahs_nerfstudio.fields.encoding import positional_encoding
-
-if TYPE_CHECKING:
-    from sahs_nerfstudio.fields.sahs_field import SAHSFieldConfig
+from sahs_nerfstudio.fields.mlp_config import SAHSMLPFieldConfig
 
 
 class SpatialEmbeddingGrid(nn.Module):
@@ -64,7 +60,7 @@ class CanonicalField(nn.Module):
         aabb: box covered by the spatial embedding grid.
     """
 
-    def __init__(self, config: SAHSFieldConfig, aabb: Float[Tensor, "2 3"]) -> None:
+    def __init__(self, config: SAHSMLPFieldConfig, aabb: Float[Tensor, "2 3"]) -> None:
         super().__init__()
         self.config = config = config.resolved()
         assert config.position_frequencies is not None and config.num_ambient_dims is not None

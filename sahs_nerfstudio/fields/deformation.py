@@ -6,7 +6,7 @@ Both MLPs read the same input ``[PE(x), driving code, PE3(pose)]`` built from th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 from jaxtyping import Float
@@ -14,9 +14,7 @@ from nerfstudio.field_components.mlp import MLP
 from torch import Tensor, nn
 
 from sahs_nerfstudio.fields.encoding import positional_encoding
-
-if TYPE_CHECKING:
-    from sahs_nerfstudio.fields.sahs_field import SAHSFieldConfig
+from sahs_nerfstudio.fields.mlp_config import SAHSMLPFieldConfig
 
 
 class DeformationOutput(NamedTuple):
@@ -71,7 +69,7 @@ class HyperDeformation(nn.Module):
         config: the field configuration (resolved for its driver inside).
     """
 
-    def __init__(self, config: SAHSFieldConfig) -> None:
+    def __init__(self, config: SAHSMLPFieldConfig) -> None:
         super().__init__()
         self.config = config = config.resolved()
         assert config.position_frequencies is not None and config.num_ambient_dims is not None

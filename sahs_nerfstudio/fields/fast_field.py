@@ -1,8 +1,8 @@
 """The ``sahs-fast`` field: SAHS's hyper-space deformation and semantic head on multiresolution grids.
 
-Per sample, as in :class:`~sahs_nerfstudio.fields.sahs_field.SAHSField`, the inputs are the observation-space
-point ``x``, the driving code ``a`` (``ray_samples.metadata["driving_code"]``) and the raw head-pose code ``p``
-(``["pose"]``). What changes is how each network reads space:
+Per sample, as for every :class:`~sahs_nerfstudio.fields.base.SAHSFieldBase`, the inputs are the
+observation-space point ``x``, the driving code ``a`` (``ray_samples.metadata["driving_code"]``) and the raw
+head-pose code ``p`` (``["pose"]``). What changes is how each network reads space:
 
 * **deformation**: a small hash grid on ``x`` (nerfstudio :class:`HashEncoding`; tcnn on a GPU, torch on a CPU)
   concatenated with ``[a, PE3(p)?]`` feeds one small MLP giving the warp offset (``x' = x + s * tanh(.)``) and
@@ -13,14 +13,13 @@ point ``x``, the driving code ``a`` (``ray_samples.metadata["driving_code"]``) a
   published configurations, into a one-hidden-layer MLP giving ``trunc_exp`` density and a geometry feature;
 * **colour** ``[feature, SH(d)]`` and **semantic logits** ``feature -> 12`` from small MLPs.
 
-The outputs are those of :class:`SAHSField` (RGB, DENSITY, SEMANTICS logits, ``"deformation"`` ``|x' - x|``,
+The outputs are those of the ``sahs`` field (RGB, DENSITY, SEMANTICS logits, ``"deformation"`` ``|x' - x|``,
 ``"ambient"`` ``w``), so the SAHS model's compositing (background at infinity with its label), losses and
 metrics apply unchanged. Points outside the scene box have zero density.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -28,61 +27,28 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
-from nerfstudio.cameras.rays import RaySamples
 from nerfstudio.field_components.activations import trunc_exp
 from nerfstudio.field_components.encodings import HashEncoding, SHEncoding
-from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.field_components.mlp import MLP
-from nerfstudio.fields.base_field import Field, FieldConfig
 from torch import Tensor, nn
 
-from sahs_nerfstudio.data.pose import POSE_DIM
-from sahs_nerfstudio.data.semantics import NUM_CLASSES
-from sahs_nerfstudio.fields.encoding import encoding_out_dim, positional_encoding
-from sahs_nerfstudio.fields.sahs_field import AMBIENT_KEY, DEFORMATION_KEY, DRIVING_CODE_KEY, POSE_KEY, Driver
+from sahs_nerfstudio.compat.encodings import TorchHashEncoding
+from sahs_nerfstudio.fields.base import AMBIENT_KEY, DEFORMATION_KEY, SAHSConditioningConfig, SAHSFieldBase
+from sahs_nerfstudio.fields.encoding import positional_encoding
 
 Implementation = Literal["tcnn", "torch"]
 
-# Values that differ between the two drivers (the published SAHS choices); ``None`` in the config takes these.
-_DRIVER_DEFAULTS: dict[str, dict[str, object]] = {
-    "audio": dict(num_ambient_dims=2, use_pose=True),
-    "expression": dict(num_ambient_dims=1, use_pose=False),
-}
-
 
 @dataclass
-class SAHSFastFieldConfig(FieldConfig):
-    """Sizes and switches of the ``sahs-fast`` field. Defaults: 512x512 talking-head video on one GPU.
+class SAHSFastFieldConfig(SAHSConditioningConfig):
+    """Sizes of the ``sahs-fast`` field. Defaults: 512x512 talking-head video on one GPU.
 
-    The switches mean what they mean for :class:`~sahs_nerfstudio.fields.sahs_field.SAHSFieldConfig`, so the same
+    The driver and the switches are :class:`~sahs_nerfstudio.fields.base.SAHSConditioningConfig`'s, so the same
     ablations (no warp, no hyper, neither) exist for both methods. Use :meth:`for_driver`.
     """
 
     _target: type = field(default_factory=lambda: SAHSFastField)
     """Class this config builds (``setup(aabb=...)``)."""
-    driver: Driver = "audio"
-    """What drives the avatar: audio features (through the audio network) or 3DMM expression coefficients."""
-    code_dim: int = 76
-    """Width of the driving code."""
-    pose_dim: int = POSE_DIM
-    """Width of the raw pose code."""
-    num_classes: int = NUM_CLASSES
-    """Semantic classes of the semantic head."""
-    use_warp: bool = True
-    """Deform points: ``x' = x + max_offset * tanh(.)``; off: ``x' = x``."""
-    use_hyper: bool = True
-    """Hyper-space coordinates ``w`` and their (x'_i, w_k) planes; off: a static canonical grid."""
-    use_semantics: bool = True
-    """Build the semantic head."""
-    use_pose: bool | None = None
-    """Condition the deformation and density MLPs on PE3(pose). None: True for audio, False for expression."""
-    canonical_code: bool | None = None
-    """Concatenate the driving code into the density MLP's input. None: True for the expression driver (as the
-    published expression model does) and whenever both ``use_warp`` and ``use_hyper`` are off."""
-    num_ambient_dims: int | None = None
-    """Hyper-space dimensions. None: 2 for audio, 1 for expression."""
-    pose_frequencies: int = 3
-    """Frequencies of the pose encoding (no raw input): 36 values."""
     implementation: Implementation = "tcnn"
     """Hash grids, SH encoding, colour and semantic MLPs: ``tcnn`` (falls back to torch when tiny-cuda-nn is
     absent) or ``torch``. The deformation and density MLPs are torch (they take per-ray conditioning)."""
@@ -117,8 +83,6 @@ class SAHSFastFieldConfig(FieldConfig):
     """Width of the deformation MLP."""
     max_offset: float = 0.1
     """Bound of each warp offset component (scene units; the synthetic head is about 0.1 in radius)."""
-    deformation_init_scale: float = 1e-4
-    """Uniform bound of the deformation MLP's last-layer weights: training starts at the identity warp, w ~ 0."""
     # Heads.
     hidden_dim: int = 64
     """Width of the density MLP (one hidden layer)."""
@@ -137,85 +101,10 @@ class SAHSFastFieldConfig(FieldConfig):
     density_bias: float = -1.0
     """Added to the raw density before ``trunc_exp`` (nerfacto's ``-1``: starts mostly empty)."""
 
-    @classmethod
-    def for_driver(cls, driver: Driver, **overrides) -> "SAHSFastFieldConfig":
-        """Defaults for ``driver`` (every ``None`` resolved), with optional overrides."""
-        return cls(driver=driver, **overrides).resolved()
-
-    def resolved(self) -> "SAHSFastFieldConfig":
-        """A copy with every ``None`` replaced by its value for ``self.driver``."""
-        if self.driver not in _DRIVER_DEFAULTS:
-            raise ValueError(f"Unknown driver {self.driver!r}; expected one of {sorted(_DRIVER_DEFAULTS)}.")
-        updates = {k: v for k, v in _DRIVER_DEFAULTS[self.driver].items() if getattr(self, k) is None}
-        if self.canonical_code is None:
-            updates["canonical_code"] = self.driver == "expression" or (not self.use_warp and not self.use_hyper)
-        out = dataclasses.replace(self, **updates) if updates else self
-        if out.use_hyper and (out.num_ambient_dims or 0) <= 0:
-            raise ValueError("use_hyper needs num_ambient_dims > 0.")
-        if out.max_res < out.base_res or out.deform_max_res < out.base_res:
+    def check(self) -> None:
+        super().check()
+        if self.max_res < self.base_res or self.deform_max_res < self.base_res:
             raise ValueError("max_res and deform_max_res must be >= base_res.")
-        return out
-
-    @property
-    def ambient_dim(self) -> int:
-        """Width of ``w`` (0 when the hyper-space is off)."""
-        cfg = self.resolved()
-        assert cfg.num_ambient_dims is not None
-        return cfg.num_ambient_dims if cfg.use_hyper else 0
-
-    @property
-    def pose_encoding_dim(self) -> int:
-        return encoding_out_dim(self.pose_dim, self.pose_frequencies, False) if self.resolved().use_pose else 0
-
-
-class TorchHashEncoding(HashEncoding):
-    """nerfstudio's :class:`HashEncoding` with a faster torch path (tcnn, when used, is untouched).
-
-    Same table layout, hash (Instant-NGP primes, XOR, modulo the power-of-two table size) and trilinear weights,
-    so the values equal nerfstudio's ``pytorch_fwd`` to float rounding (``tests/test_fast.py``), in about half of
-    the time on a CPU: the per-axis products are hashed once per axis instead of once per corner, in 32-bit
-    integers when they fit (only the low ``log2_hashmap_size`` bits of each product matter), the corners are
-    gathered with ``index_select`` and blended with ``lerp``.
-    """
-
-    def pytorch_fwd(self, in_tensor: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs out_dim"]:
-        shape = in_tensor.shape[:-1]
-        levels, size = self.num_levels, self.hash_table_size
-        mask = size - 1
-        scalings = self.scalings.to(in_tensor.device, in_tensor.dtype)
-        scaled = in_tensor.reshape(-1, 1, 3) * scalings.view(1, -1, 1)
-        floor = torch.floor(scaled)
-        frac = scaled - floor
-        primes = (1, 2654435761 & mask, 805459861 & mask)
-        # (floor + 1) * prime must fit: int32 when it does, int64 otherwise.
-        small = (float(scalings.max()) + 2) * size < 2**31
-        cell = floor.int() if small else floor.long()
-        x0, y0, z0 = cell[..., 0], cell[..., 1] * primes[1], cell[..., 2] * primes[2]
-        x1, y1, z1 = x0 + 1, y0 + primes[1], z0 + primes[2]
-        offset = self.hash_offset.to(in_tensor.device).to(cell.dtype).view(1, levels)
-        table = self.hash_table
-
-        def corner(x: Tensor, y: Tensor, z: Tensor) -> Tensor:
-            index = ((x ^ y ^ z) & mask) + offset
-            # index_select (backward: index_add_) is several times faster on a CPU than advanced indexing.
-            # int64 indices: index_add_ (the backward) is ~9x slower with int32 ones.
-            return table.index_select(0, index.reshape(-1).long()).view(*index.shape, table.shape[-1])
-
-        wx, wy, wz = frac[..., 0:1], frac[..., 1:2], frac[..., 2:3]
-        c00 = torch.lerp(corner(x0, y0, z0), corner(x1, y0, z0), wx)
-        c10 = torch.lerp(corner(x0, y1, z0), corner(x1, y1, z0), wx)
-        c01 = torch.lerp(corner(x0, y0, z1), corner(x1, y0, z1), wx)
-        c11 = torch.lerp(corner(x0, y1, z1), corner(x1, y1, z1), wx)
-        out = torch.lerp(torch.lerp(c00, c10, wy), torch.lerp(c01, c11, wy), wz)
-        return out.reshape(*shape, levels * self.features_per_level)
-
-
-def use_fast_torch_hashing(module: nn.Module) -> None:
-    """Switch every torch-backed nerfstudio :class:`HashEncoding` inside ``module`` (e.g. proposal networks) to
-    :class:`TorchHashEncoding`: same parameters and values, faster on a CPU."""
-    for sub in module.modules():
-        if type(sub) is HashEncoding and sub.tcnn_encoding is None:
-            sub.__class__ = TorchHashEncoding
 
 
 def _hash_grid(num_levels: int, base_res: int, max_res: int, log2_size: int, feats: int, impl: str) -> HashEncoding:
@@ -310,7 +199,7 @@ class HyperPlanes(nn.Module):
         return out.permute(2, 0, 1).reshape(*batch_shape, self.get_out_dim())
 
 
-class SAHSFastField(Field):
+class SAHSFastField(SAHSFieldBase[SAHSFastFieldConfig]):
     """Grid-based SAHS field (one level; proposal networks do the coarse sampling).
 
     Args:
@@ -319,8 +208,8 @@ class SAHSFastField(Field):
     """
 
     def __init__(self, config: SAHSFastFieldConfig, aabb: Float[Tensor, "2 3"] | None = None) -> None:
-        super().__init__()
-        self.config = cfg = config.resolved()
+        super().__init__(config)
+        cfg = self.config
         if aabb is None:
             aabb = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
         self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).clone())
@@ -426,11 +315,14 @@ class SAHSFastField(Field):
         directions: Float[Tensor, "*dbs 3"] | None,
         code: Float[Tensor, "*cbs code_dim"],
         pose: Float[Tensor, "*cbs pose_dim"] | None = None,
+        density_noise_std: float = 0.0,
     ) -> dict[str, Tensor]:
-        """The field at plain points (see :meth:`SAHSField.forward_points`); ``"density"`` is ``trunc_exp``.
+        """See :meth:`SAHSFieldBase.forward_points`; ``"density"`` is ``trunc_exp``, without noise.
 
         ``code`` and ``pose`` stay at their (per-ray) shape until the first MLP layer, which broadcasts them.
         """
+        if density_noise_std != 0.0:
+            raise ValueError("SAHSFastField has no density noise (its density_noise_std is 0).")
         cfg = self.config
         batch_shape = positions.shape[:-1]
         pose_enc = None
@@ -471,46 +363,3 @@ class SAHSFastField(Field):
                 logits = self.semantic_mlp(feat.reshape(-1, feat.shape[-1]))
                 out["semantics"] = logits.reshape(*batch_shape, -1).float()
         return out
-
-    def _conditioning(self, ray_samples: RaySamples) -> tuple[Tensor, Tensor | None]:
-        metadata = ray_samples.metadata or {}
-        if DRIVING_CODE_KEY not in metadata:
-            raise KeyError(f"SAHSFastField needs ray_samples.metadata[{DRIVING_CODE_KEY!r}].")
-        pose = metadata.get(POSE_KEY) if self.config.use_pose else None
-        if self.config.use_pose and pose is None:
-            raise KeyError(f"This SAHSFastField uses the pose: ray_samples.metadata[{POSE_KEY!r}] is missing.")
-        return metadata[DRIVING_CODE_KEY], pose
-
-    def _query(self, ray_samples: RaySamples, with_colour: bool) -> dict[str, Tensor]:
-        code, pose = self._conditioning(ray_samples)
-        positions = ray_samples.frustums.get_positions()
-        directions = ray_samples.frustums.directions if with_colour else None
-        return self.forward_points(positions, directions, code, pose)
-
-    def get_density(self, ray_samples: RaySamples) -> tuple[Float[Tensor, "*bs 1"], Float[Tensor, "*bs feat"]]:
-        out = self._query(ray_samples, with_colour=False)
-        return out["density"], out["feat"]
-
-    def get_outputs(
-        self, ray_samples: RaySamples, density_embedding: Tensor | None = None
-    ) -> dict[FieldHeadNames, Tensor]:
-        del density_embedding
-        return self._to_heads(self._query(ray_samples, with_colour=True))
-
-    @staticmethod
-    def _to_heads(out: dict[str, Tensor]) -> dict[FieldHeadNames, Tensor]:
-        heads: dict = {
-            FieldHeadNames.RGB: out["rgb"],
-            FieldHeadNames.DENSITY: out["density"],
-            DEFORMATION_KEY: out[DEFORMATION_KEY],
-            AMBIENT_KEY: out[AMBIENT_KEY],
-        }
-        if "semantics" in out:
-            heads[FieldHeadNames.SEMANTICS] = out["semantics"]
-        return heads
-
-    def forward(self, ray_samples: RaySamples, compute_normals: bool = False) -> dict[FieldHeadNames, Tensor]:
-        """RGB, DENSITY, SEMANTICS logits (when on), ``"deformation"`` and ``"ambient"``, in one evaluation."""
-        if compute_normals:
-            raise NotImplementedError("SAHSFastField does not compute normals.")
-        return self._to_heads(self._query(ray_samples, with_colour=True))

@@ -28,9 +28,10 @@ from nerfstudio.model_components.ray_samplers import ProposalNetworkSampler, Uni
 from torch import Tensor
 from torch.nn import Parameter
 
+from sahs_nerfstudio.compat.encodings import use_fast_torch_hashing
 from sahs_nerfstudio.data.semantics import colorize
-from sahs_nerfstudio.fields.fast_field import SAHSFastField, SAHSFastFieldConfig, use_fast_torch_hashing
-from sahs_nerfstudio.models.sahs_model import SAHSModel, SAHSModelConfig
+from sahs_nerfstudio.fields.fast_field import SAHSFastField, SAHSFastFieldConfig
+from sahs_nerfstudio.models.sahs_model import SAHSBaseModelConfig, SAHSModel
 
 
 def _default_proposal_args() -> list[dict[str, Any]]:
@@ -41,16 +42,13 @@ def _default_proposal_args() -> list[dict[str, Any]]:
 
 
 @dataclass
-class SAHSFastModelConfig(SAHSModelConfig):
-    """``sahs-fast`` defaults: 512x512 talking-head video on one GPU (40k steps of 4096 rays).
-
-    ``num_coarse_samples``, ``num_importance_samples`` and ``share_deformation`` (inherited) are unused.
-    """
+class SAHSFastModelConfig(SAHSBaseModelConfig):
+    """``sahs-fast`` defaults: 512x512 talking-head video on one GPU (40k steps of 4096 rays)."""
 
     _target: type = field(default_factory=lambda: SAHSFastModel)
-    audio_field: SAHSFastFieldConfig = field(default_factory=lambda: SAHSFastFieldConfig.for_driver("audio"))  # type: ignore[assignment]
+    audio_field: SAHSFastFieldConfig = field(default_factory=lambda: SAHSFastFieldConfig.for_driver("audio"))
     """Grid field used with the audio driver."""
-    expression_field: SAHSFastFieldConfig = field(default_factory=lambda: SAHSFastFieldConfig.for_driver("expression"))  # type: ignore[assignment]
+    expression_field: SAHSFastFieldConfig = field(default_factory=lambda: SAHSFastFieldConfig.for_driver("expression"))
     """Grid field used with the expression driver."""
     audio_attention_start_step: int = 30_000
     """Step from which AudioAttNet smooths the audio code (3/4 of the default schedule)."""
@@ -85,7 +83,7 @@ class SAHSFastModelConfig(SAHSModelConfig):
 class SAHSFastModel(SAHSModel):
     """SAHS on hash grids with proposal sampling; one rendered level."""
 
-    config: SAHSFastModelConfig  # type: ignore[assignment]
+    config: SAHSFastModelConfig
 
     def build_renderer(self) -> None:
         """Called by :meth:`SAHSModel.populate_modules`, which sets up conditioning, buffers and metrics."""
@@ -159,7 +157,7 @@ class SAHSFastModel(SAHSModel):
         bg_rgb = self.prepare_rays(ray_bundle)  # driving code + pose per ray, background colour (as sahs)
 
         ray_samples, weights_list, ray_samples_list = self.proposal_sampler(ray_bundle, density_fns=self.density_fns)
-        level, weights = self._render_level(self.field, ray_samples, bg_rgb)  # type: ignore[arg-type]
+        level, weights = self._render_level(self.field, ray_samples, bg_rgb, ray_bundle.fars)
         weights_list.append(weights)
         ray_samples_list.append(ray_samples)
 

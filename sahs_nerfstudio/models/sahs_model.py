@@ -9,61 +9,52 @@ background class, so leftover transmittance shows background in colour and in se
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Literal, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
-from nerfstudio.model_components.scene_colliders import NearFarCollider
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps
 from torch import Tensor, nn
 from torch.nn import Parameter
-from torchmetrics.functional import structural_similarity_index_measure
 
+from sahs_nerfstudio.data import audio as audio_io
+from sahs_nerfstudio.data import keys
 from sahs_nerfstudio.data.pose import POSE_DIM, pose_code
 from sahs_nerfstudio.data.sahs_dataparser import cameras_background_projection
-from sahs_nerfstudio.data.semantics import BACKGROUND, MOUTH_CLASSES, NECK, NUM_CLASSES, TORSO, colorize
+from sahs_nerfstudio.data.semantics import BACKGROUND, MOUTH_CLASSES, NUM_CLASSES, colorize
 from sahs_nerfstudio.fields.audio_encoder import AudioEncoder, AudioEncoderConfig
+from sahs_nerfstudio.fields.base import AMBIENT_KEY, DEFORMATION_KEY, SAHSFieldBase
 from sahs_nerfstudio.fields.deformation import HyperDeformation
 from sahs_nerfstudio.fields.sahs_field import SAHSField, SAHSFieldConfig
-from sahs_nerfstudio.samplers.semantic_sampler import ClassLossEMA, semantic_sampler_callbacks
-from sahs_nerfstudio.utils.lpips import make_lpips
-from sahs_nerfstudio.viewer.controls import AvatarControls, display_outputs
+from sahs_nerfstudio.models.camera_outputs import display_outputs
+from sahs_nerfstudio.models.collider import AxisDepthCollider
+from sahs_nerfstudio.models.run_record import AUDIO_PROVENANCE, RunRecord
+from sahs_nerfstudio.utils.metrics import image_metrics, make_lpips, psnr
 
 EPS = 1e-8
 
 
 @dataclass
-class SAHSModelConfig(ModelConfig):
-    """SAHS with the published settings as defaults (500k steps of 2048 rays on a GPU)."""
+class SAHSBaseModelConfig(ModelConfig):
+    """What ``sahs`` and ``sahs-fast`` share: the driver and its audio front end, the losses, the background
+    and near/far. Each method's config adds its fields (``audio_field``, ``expression_field``) and sampling."""
 
-    _target: Type = field(default_factory=lambda: SAHSModel)
     driver: Literal["auto", "audio", "expression"] = "auto"
     """Driving signal; ``auto`` takes it from the data (NeRFace -> expression, AD-NeRF -> audio)."""
-    audio_field: SAHSFieldConfig = field(default_factory=lambda: SAHSFieldConfig.for_driver("audio"))
-    """Field used with the audio driver (published audio configuration)."""
-    expression_field: SAHSFieldConfig = field(default_factory=lambda: SAHSFieldConfig.for_driver("expression"))
-    """Field used with the expression driver (published expression configuration)."""
     audio_encoder: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
     """AudioNet (and AudioAttNet smoothing) turning audio windows into the driving code."""
     use_audio_attention: bool = True
     """Smooth the audio code over neighbouring frames with AudioAttNet (AD-NeRF's smoothing)."""
     audio_attention_start_step: int = 300_000
     """Step from which AudioAttNet smooths the code over neighbouring frames (AD-NeRF: 300k)."""
-    share_deformation: bool = True
-    """One warp/hyper network for the coarse and fine canonical fields."""
-    num_coarse_samples: int = 64
-    """Stratified samples per ray for the coarse field."""
-    num_importance_samples: int = 64
-    """Importance samples per ray for the fine field (rendered together with the coarse ones)."""
     semantic_loss_weight: float = 0.02
     """Weight of the cross-entropy on rendered class probabilities."""
     mouth_loss_weight: float = 0.005
@@ -82,6 +73,23 @@ class SAHSModelConfig(ModelConfig):
     """Rays per forward pass when rendering whole images."""
 
 
+@dataclass
+class SAHSModelConfig(SAHSBaseModelConfig):
+    """SAHS with the published settings as defaults (500k steps of 2048 rays on a GPU)."""
+
+    _target: Type = field(default_factory=lambda: SAHSModel)
+    audio_field: SAHSFieldConfig = field(default_factory=lambda: SAHSFieldConfig.for_driver("audio"))
+    """Field used with the audio driver (published audio configuration)."""
+    expression_field: SAHSFieldConfig = field(default_factory=lambda: SAHSFieldConfig.for_driver("expression"))
+    """Field used with the expression driver (published expression configuration)."""
+    share_deformation: bool = True
+    """One warp/hyper network for the coarse and fine canonical fields."""
+    num_coarse_samples: int = 64
+    """Stratified samples per ray for the coarse field."""
+    num_importance_samples: int = 64
+    """Importance samples per ray for the fine field (rendered together with the coarse ones)."""
+
+
 class SAHSModel(Model):
     """Semantic-aware hyper-space deformable NeRF."""
 
@@ -91,6 +99,7 @@ class SAHSModel(Model):
     background_image: Tensor
     train_drivers: Tensor
     train_audio_index: Tensor
+    train_audio_neighbours: Tensor
     trained_steps: Tensor
     class_loss_sum: Tensor
     class_loss_count: Tensor
@@ -113,7 +122,8 @@ class SAHSModel(Model):
         self.config.collider_params = {"near_plane": self.near, "far_plane": self.far}
         super().populate_modules()
         if self.config.enable_collider:
-            self.collider = NearFarCollider(near_plane=self.near, far_plane=self.far)
+            # Depths along the optical axis, as the originals sample (per-ray bounds for every sampler).
+            self.collider = AxisDepthCollider(near_plane=self.near, far_plane=self.far)
 
         self.field_config = self.config.audio_field if self.driver_kind == "audio" else self.config.expression_field
         self.build_renderer()
@@ -142,17 +152,20 @@ class SAHSModel(Model):
         self.register_buffer(
             "train_audio_index", audio_index if audio_index is not None else torch.zeros(1, 1), persistent=False
         )
+        neighbours = meta.get("audio_neighbours")
+        self.register_buffer(
+            "train_audio_neighbours", neighbours if neighbours is not None else torch.zeros(0), persistent=False
+        )
+        # Which extractor made the training audio features: a checkpoint keeps the value of its run.
+        self.run_record = RunRecord(**{AUDIO_PROVENANCE: meta.get("audio_provenance")})
         # Persistent so a loaded checkpoint knows whether AudioAttNet smoothing was switched on.
         self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))
 
         self.lpips = make_lpips()
-        # Per-class loss of the latest training batch, read by the semantic ray sampler.
+        # Per-class loss of the latest training batch; the pipeline feeds it to the semantic ray sampler.
         self.register_buffer("class_loss_sum", torch.zeros(NUM_CLASSES), persistent=False)
         self.register_buffer("class_loss_count", torch.zeros(NUM_CLASSES), persistent=False)
-        # The sampler's moving average of those losses: persistent, so a resumed run keeps its probabilities.
-        self.sampler_stats = ClassLossEMA(NUM_CLASSES)
-        # The viewer's "SAHS avatar" panel (no parameters; consulted only by cameras without a code).
-        self.avatar = AvatarControls.for_model(self)
+        # The viewer's panel, when the pipeline attaches one (``avatar``), drives cameras without a code.
 
     def build_renderer(self) -> None:
         """The fields and ray samplers (coarse + fine here; ``sahs-fast`` builds a grid field + proposals)."""
@@ -187,7 +200,7 @@ class SAHSModel(Model):
             TrainingCallback(
                 where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], update_every_num_iters=1, func=set_step
             )
-        ] + semantic_sampler_callbacks(self, self.sampler_stats, training_callback_attributes)
+        ]
 
     # ------------------------------------------------------------------------------------------
     # Conditioning
@@ -199,36 +212,57 @@ class SAHSModel(Model):
             and int(self.trained_steps) >= self.config.audio_attention_start_step
         )
 
+    def audio_provenance(self) -> Optional[str]:
+        """Which extractor made the audio features this model trained on (None: not an audio model / unknown)."""
+        return self.run_record.get(AUDIO_PROVENANCE) if self.audio_encoder is not None else None
+
     def encode_driver(
-        self, driver: Float[Tensor, "B D"], audio_index: Optional[Float[Tensor, "B 1"]] = None
+        self,
+        driver: Float[Tensor, "B D"],
+        audio_index: Optional[Float[Tensor, "B 1"]] = None,
+        neighbours: Optional[Float[Tensor, "B S"]] = None,
     ) -> Float[Tensor, "B code"]:
-        """Driving code from raw driver rows: the expression itself, or AudioNet(/AudioAttNet) of a window."""
+        """Driving code from raw driver rows: the expression itself, or AudioNet(/AudioAttNet) of a window.
+
+        Once smoothing is on, the window of each row is smoothed over ``neighbours`` (audio-table rows,
+        -1 = all-zero window: a dataset frame's ``audio_neighbours``), else over the rows around
+        ``audio_index`` in the audio table taken as one sequence (zero windows past its ends).
+        """
         if self.audio_encoder is None:
             return driver
         enc = self.audio_encoder
         windows = driver.view(driver.shape[0], *self.audio_window)
-        if audio_index is not None and self.use_audio_attention() and self.audio_table.numel() > 0:
-            return enc.encode_smoothed(self._neighbour_windows(audio_index))
+        smooth = self.use_audio_attention() and self.audio_table.numel() > 0
+        if smooth and (neighbours is not None or audio_index is not None):
+            return enc.encode_smoothed(self._neighbour_windows(audio_index, neighbours))
         return enc.encode(windows)
 
-    def _neighbour_windows(self, audio_index: Float[Tensor, "B 1"]) -> Float[Tensor, "B S W C"]:
+    def _neighbour_windows(
+        self, audio_index: Optional[Float[Tensor, "B 1"]], neighbours: Optional[Float[Tensor, "B S"]] = None
+    ) -> Float[Tensor, "B S W C"]:
         assert self.audio_encoder is not None
         seq = self.audio_encoder.config.smoothing_seq_len
-        offsets = torch.arange(seq, device=audio_index.device) - seq // 2
-        idx = (audio_index.long() + offsets[None]).clamp(0, self.audio_table.shape[0] - 1)
-        return self.audio_table[idx]
+        if neighbours is None or neighbours.shape[-1] != seq:
+            assert audio_index is not None, "smoothing needs the frames' audio_index or audio_neighbours"
+            neighbours = audio_io.smoothing_positions(audio_index[:, 0], self.audio_table.shape[0], seq)
+        return audio_io.gather_zero_padded(self.audio_table, neighbours.long())
 
     def _driving_code_for_rays(self, metadata: Dict[str, Tensor]) -> Float[Tensor, "N code"]:
-        if "driving_code" in metadata:
-            return metadata["driving_code"]
-        driver = metadata["driver"]
+        if keys.DRIVING_CODE in metadata:
+            return metadata[keys.DRIVING_CODE]
+        driver = metadata[keys.DRIVER]
         # Rays of a batch come from a handful of frames: encode each distinct frame once.
-        key = metadata["frame_index"][:, 0] if "frame_index" in metadata else None
-        audio_index = metadata.get("audio_index")
+        key = metadata[keys.FRAME_INDEX][:, 0] if keys.FRAME_INDEX in metadata else None
+        audio_index = metadata.get(keys.AUDIO_INDEX)
+        neighbours = metadata.get(keys.AUDIO_NEIGHBOURS)
         if key is None or self.audio_encoder is None:
-            return self.encode_driver(driver, audio_index)
+            return self.encode_driver(driver, audio_index, neighbours)
         _, first, inverse = _unique_first(key)
-        codes = self.encode_driver(driver[first], None if audio_index is None else audio_index[first])
+        codes = self.encode_driver(
+            driver[first],
+            None if audio_index is None else audio_index[first],
+            None if neighbours is None else neighbours[first],
+        )
         return codes[inverse]
 
     def _background_rgb(self, ray_bundle: RayBundle) -> Float[Tensor, "N 3"]:
@@ -237,7 +271,7 @@ class SAHSModel(Model):
             return torch.ones(n, 3, device=self.device)
         if self.config.background == "black":
             return torch.zeros(n, 3, device=self.device)
-        proj = ray_bundle.metadata.get("bg_projection")
+        proj = ray_bundle.metadata.get(keys.BG_PROJECTION)
         if proj is None:
             return self.background_image.mean(dim=(2, 3)).expand(n, 3)
         hom = (proj.view(-1, 3, 3) @ ray_bundle.directions[..., None])[..., 0]
@@ -251,7 +285,11 @@ class SAHSModel(Model):
     # Rendering
 
     def _render_level(
-        self, field: SAHSField, ray_samples: RaySamples, bg_rgb: Float[Tensor, "N 3"]
+        self,
+        field: SAHSFieldBase,
+        ray_samples: RaySamples,
+        bg_rgb: Float[Tensor, "N 3"],
+        bg_depth: Optional[Float[Tensor, "N 1"]] = None,
     ) -> Tuple[Dict[str, Tensor], Float[Tensor, "N S 1"]]:
         outs = field(ray_samples)
         weights = ray_samples.get_weights(outs[FieldHeadNames.DENSITY])
@@ -259,15 +297,19 @@ class SAHSModel(Model):
         leftover = (1.0 - acc).clamp(min=0.0)
         rgb = (weights * outs[FieldHeadNames.RGB]).sum(dim=-2) + leftover * bg_rgb
         mids = (ray_samples.frustums.starts + ray_samples.frustums.ends) / 2
-        depth = (weights * mids).sum(dim=-2) + leftover * self.far
+        # The background sits at each ray's far bound (the originals' last sample, at depth ``far``);
+        # resampled levels need not end exactly there, so the bound comes from the ray bundle.
+        if bg_depth is None:
+            bg_depth = ray_samples.frustums.ends[..., -1, :]
+        depth = (weights * mids).sum(dim=-2) + leftover * bg_depth
         level: Dict[str, Tensor] = {"rgb": rgb, "accumulation": acc, "depth": depth}
         if FieldHeadNames.SEMANTICS in outs:
             probs = (weights * F.softmax(outs[FieldHeadNames.SEMANTICS], dim=-1)).sum(dim=-2)
             probs = probs.clone()
             probs[:, BACKGROUND] = probs[:, BACKGROUND] + leftover[:, 0]
             level["semantics_probs"] = probs
-        level["deformation"] = (weights * outs["deformation"]).sum(dim=-2)
-        ambient = outs["ambient"]
+        level["deformation"] = (weights * outs[DEFORMATION_KEY]).sum(dim=-2)
+        ambient = outs[AMBIENT_KEY]
         if ambient.shape[-1] > 0:
             level["ambient"] = (weights * ambient).sum(dim=-2)
         return level, weights
@@ -276,18 +318,18 @@ class SAHSModel(Model):
         """Put the per-ray driving code and pose in ``ray_bundle.metadata``; return the background colour."""
         metadata = dict(ray_bundle.metadata)
         n = ray_bundle.directions.shape[0]
-        metadata["driving_code"] = self._driving_code_for_rays(metadata)
-        if "pose" not in metadata:
-            metadata["pose"] = torch.zeros(n, POSE_DIM, device=self.device)
+        metadata[keys.DRIVING_CODE] = self._driving_code_for_rays(metadata)
+        if keys.POSE not in metadata:
+            metadata[keys.POSE] = torch.zeros(n, POSE_DIM, device=self.device)
         ray_bundle.metadata = metadata
         return self._background_rgb(ray_bundle)
 
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:  # type: ignore[override]
         bg_rgb = self.prepare_rays(ray_bundle)
         samples_coarse = self.sampler_uniform(ray_bundle)
-        coarse, weights_coarse = self._render_level(self.field_coarse, samples_coarse, bg_rgb)
+        coarse, weights_coarse = self._render_level(self.field_coarse, samples_coarse, bg_rgb, ray_bundle.fars)
         samples_fine = self.sampler_pdf(ray_bundle, samples_coarse, weights_coarse)
-        fine, _ = self._render_level(self.field_fine, samples_fine, bg_rgb)
+        fine, _ = self._render_level(self.field_fine, samples_fine, bg_rgb, ray_bundle.fars)
 
         outputs: Dict[str, Tensor] = {f"{k}_coarse": v for k, v in coarse.items()}
         outputs.update(fine)
@@ -307,9 +349,9 @@ class SAHSModel(Model):
         meta.pop("cam_idx", None)
         code = self.driving_code_for_camera(cams, meta)
         new_meta = {
-            "driving_code": code,
-            "pose": meta["pose"] if "pose" in meta else self.pose_for_camera(cams),
-            "bg_projection": cameras_background_projection(cams).to(cams.camera_to_worlds),
+            keys.DRIVING_CODE: code,
+            keys.POSE: meta[keys.POSE] if keys.POSE in meta else self.pose_for_camera(cams),
+            keys.BG_PROJECTION: cameras_background_projection(cams).to(cams.camera_to_worlds),
         }
         render_cam = Cameras(
             camera_to_worlds=cams.camera_to_worlds,
@@ -332,19 +374,27 @@ class SAHSModel(Model):
     def driving_code_for_camera(self, cams: Cameras, meta: Dict[str, Tensor]) -> Float[Tensor, "1 code"]:
         """The code of a dataset camera, or of the training frame nearest the camera's time."""
         device = self.device
-        if "driving_code" in meta:
-            return meta["driving_code"].to(device)
-        if "driver" in meta:
-            audio_index = meta.get("audio_index")
+        if keys.DRIVING_CODE in meta:
+            return meta[keys.DRIVING_CODE].to(device)
+        if keys.DRIVER in meta:
+            audio_index = meta.get(keys.AUDIO_INDEX)
             return self.encode_driver(
-                meta["driver"].to(device), None if audio_index is None else audio_index.to(device)
+                meta[keys.DRIVER].to(device), None if audio_index is None else audio_index.to(device)
             )
         avatar = getattr(self, "avatar", None)
         code = None if avatar is None else avatar.driving_code(self)
         if code is not None:
             return code
         frame = self.frame_for_time(None if cams.times is None else float(cams.times.flatten()[0]))
-        return self.encode_driver(self.train_drivers[frame : frame + 1], self.train_audio_index[frame : frame + 1])
+        return self.training_frame_code(frame)
+
+    def training_frame_code(self, frame: int) -> Float[Tensor, "1 code"]:
+        """The driving code of training frame ``frame``, smoothed over its own training-set neighbours."""
+        return self.encode_driver(
+            self.train_drivers[frame : frame + 1],
+            self.train_audio_index[frame : frame + 1],
+            self.train_audio_neighbours[frame : frame + 1] if self.train_audio_neighbours.numel() else None,
+        )
 
     def pose_for_camera(self, cams: Cameras) -> Float[Tensor, "1 6"]:
         pose = pose_code(cams.camera_to_worlds.to(self.device))
@@ -391,12 +441,11 @@ class SAHSModel(Model):
                 if sel.any():
                     mouth = mouth + se[sel].mean() + ce[sel].mean()
             losses["mouth_loss" + suffix] = self.config.mouth_loss_weight * mouth
-        if labels is not None and self.training:
-            valid = labels >= 0
-            self.class_loss_sum = torch.zeros(NUM_CLASSES, device=self.device).index_add_(
-                0, labels[valid], per_ray[valid]
-            )
-            self.class_loss_count = torch.bincount(labels[valid], minlength=NUM_CLASSES).float()
+        if self.training:  # every training batch, so that a batch without labels reads as no rays
+            valid = labels >= 0 if labels is not None else torch.zeros_like(per_ray, dtype=torch.bool)
+            picked = labels[valid] if labels is not None else torch.zeros(0, dtype=torch.long, device=self.device)
+            self.class_loss_sum = torch.zeros(NUM_CLASSES, device=self.device).index_add_(0, picked, per_ray[valid])
+            self.class_loss_count = torch.bincount(picked, minlength=NUM_CLASSES).float()
         return losses
 
     def get_image_metrics_and_images(
@@ -404,33 +453,21 @@ class SAHSModel(Model):
     ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
         image = batch["image"].to(self.device)[..., :3]
         rgb = outputs["rgb"]
-        metrics: Dict[str, float] = {"psnr": float(psnr(rgb, image))}
-        if "rgb_coarse" in outputs:
-            metrics["psnr_coarse"] = float(psnr(outputs["rgb_coarse"], image))
-        pred_nchw, gt_nchw = rgb.permute(2, 0, 1)[None], image.permute(2, 0, 1)[None]
-        metrics["ssim"] = float(structural_similarity_index_measure(pred_nchw, gt_nchw, data_range=1.0))  # type: ignore[arg-type]
+        labels = batch["semantics"].to(self.device)[..., 0].long() if "semantics" in batch else None
+        # Without masks (AD-NeRF), the face rectangle stands in for the mouth region.
+        face_rect = batch["face_rect"].to(self.device)[..., 0].bool() if "face_rect" in batch else None
+        pred_labels = outputs["semantics_probs"].argmax(dim=-1) if "semantics_probs" in outputs else None
         if self.lpips is not None:
             self.lpips = self.lpips.to(self.device)
-            metrics["lpips"] = float(self.lpips(pred_nchw.clamp(0, 1), gt_nchw))
-        labels = batch["semantics"].to(self.device)[..., 0].long() if "semantics" in batch else None
-        if labels is not None:
-            mouth = torch.zeros_like(labels, dtype=torch.bool)
-            for cls in MOUTH_CLASSES:
-                mouth |= labels == cls
-            head = (labels > BACKGROUND) & (labels != NECK) & (labels != TORSO)
-            metrics["head_psnr"] = float(psnr(rgb[head], image[head]))
-        else:
-            mouth = batch["face_rect"].to(self.device)[..., 0].bool() if "face_rect" in batch else None
-        if mouth is not None and mouth.any():
-            metrics["mouth_psnr"] = float(psnr(rgb[mouth], image[mouth]))
+        metrics = image_metrics(rgb, image, labels, pred_labels, mouth=face_rect, lpips=self.lpips)
+        if "rgb_coarse" in outputs:
+            metrics["psnr_coarse"] = float(psnr(outputs["rgb_coarse"], image))
         images = {"img": torch.cat([image, rgb], dim=1)}
         images["depth"] = colormaps.apply_depth_colormap(
             outputs["depth"], accumulation=outputs["accumulation"], near_plane=self.near, far_plane=self.far
         )
-        if "semantics_probs" in outputs:
-            pred_labels = outputs["semantics_probs"].argmax(dim=-1)
+        if pred_labels is not None:
             if labels is not None:
-                metrics["miou"] = mean_iou(pred_labels, labels)
                 images["semantics"] = torch.cat([colorize(labels), colorize(pred_labels)], dim=1)
             else:
                 images["semantics"] = colorize(pred_labels)
@@ -443,20 +480,3 @@ def _unique_first(key: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     first = torch.full((uniq.shape[0],), key.shape[0], dtype=torch.long, device=key.device)
     first.scatter_reduce_(0, inverse, torch.arange(key.shape[0], device=key.device), reduce="amin")
     return uniq, first, inverse
-
-
-def psnr(pred: Tensor, target: Tensor) -> Tensor:
-    """Standard PSNR (MSE averaged over channels), data range 1."""
-    mse = ((pred - target) ** 2).mean()
-    return -10.0 * torch.log10(mse.clamp(min=1e-10))
-
-
-def mean_iou(pred: Int[Tensor, "*bs"], target: Int[Tensor, "*bs"]) -> float:
-    """Mean IoU over the classes present in the ground truth (ignored pixels excluded)."""
-    valid = target >= 0
-    pred, target = pred[valid], target[valid]
-    ious = []
-    for cls in torch.unique(target).tolist():
-        p, t = pred == cls, target == cls
-        ious.append(float((p & t).sum()) / max(float((p | t).sum()), 1.0))
-    return sum(ious) / len(ious) if ious else math.nan

@@ -1,5 +1,16 @@
-"""Stage II: the 2-D texture refiner applied to Stage-I renders (identity-conditioned SPADE)."""
+"""Stage II: the 2-D texture refiner applied to Stage-I renders (identity-conditioned SPADE).
 
+Modules, one job each: :mod:`.networks` (the refiner), :mod:`.io` (frame folders and pairs),
+:mod:`.audio` (audio windows of the audio variant), :mod:`.checkpoints`, :mod:`.training`,
+:mod:`.inference` (refining frames and videos), :mod:`.evaluation` (before/after metrics),
+:mod:`.stage_one` (Stage-I renders of a trained SAHS run), :mod:`.runtime` (device, progress bar).
+Bad input raises :class:`~sahs_nerfstudio.data.formats.FormatError`.
+"""
+
+from sahs_nerfstudio.refinement.checkpoints import find_latest_checkpoint, read_checkpoint
+from sahs_nerfstudio.refinement.evaluation import evaluate_refiner
+from sahs_nerfstudio.refinement.inference import LoadedRefiner, load_refiner, refine_frames
+from sahs_nerfstudio.refinement.io import FramePair, pair_frames
 from sahs_nerfstudio.refinement.networks import (
     SPADE,
     AudioEncoder,
@@ -9,30 +20,14 @@ from sahs_nerfstudio.refinement.networks import (
     SPADEResBlock,
     pad_to_stride,
 )
-from sahs_nerfstudio.refinement.trainer import (
-    FramePair,
-    LoadedRefiner,
-    RefinementError,
-    RefinerTrainConfig,
-    TrainResult,
-    evaluate_refiner,
-    find_latest_checkpoint,
-    load_refiner,
-    lr_factor,
-    pair_frames,
-    read_checkpoint,
-    refine_frames,
-    release_stage_one_pipeline,
-    render_stage_one,
-    train_refiner,
-)
+from sahs_nerfstudio.refinement.stage_one import release_stage_one_pipeline, render_stage_one
+from sahs_nerfstudio.refinement.training import RefinerTrainConfig, TrainResult, lr_factor, train_refiner
 
 __all__ = [
     "AudioEncoder",
     "FramePair",
     "IdentityEncoder",
     "LoadedRefiner",
-    "RefinementError",
     "RefinerNetwork",
     "RefinerNetworkConfig",
     "RefinerTrainConfig",

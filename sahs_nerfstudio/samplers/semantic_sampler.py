@@ -1,53 +1,34 @@
-"""Semantic-aware dynamic ray sampling.
+"""Semantic-aware dynamic ray sampling (SAHS), with AD-NeRF's face-rectangle share as an option.
 
-Each training step a pixel's chance to be drawn is its semantic class's probability; the class
-probabilities follow each class's recent loss (per-ray RGB MSE + semantic CE, coarse and fine,
-averaged over the class's rays), multiplied by a per-class weight (mouth interior and lips x2),
-normalised, and mixed with a floor so that no class ever starves. Unlike the published code, which
-recomputes the probabilities from the last batch only (a class absent from one batch gets
-probability 0 forever), the loss of each class is an exponential moving average that a class
-keeps while it is absent.
+Each training step a pixel's chance to be drawn is its semantic class's probability. The
+probabilities come from the per-class loss statistics of :mod:`sahs_nerfstudio.samplers.class_stats`,
+which the pipeline (:class:`sahs_nerfstudio.pipeline.SAHSPipeline`) feeds from the model's losses
+after every step and writes here with :meth:`SemanticPixelSampler.set_class_probabilities`.
 
-How the statistics travel (see :class:`SamplerUpdater`):
-
-* the model fills ``class_loss_sum`` / ``class_loss_count`` in ``get_loss_dict``;
-* an AFTER_TRAIN_ITERATION callback all-reduces them across processes (``--machine.num-devices N``)
-  so every rank holds the same statistics, updates :class:`ClassLossEMA` (a persistent buffer on
-  the model, hence saved with the checkpoint) and writes the probabilities into the train
-  sampler's :class:`SharedProbabilities`;
-* :class:`SharedProbabilities` is a small file-backed shared-memory tensor, pickled by file name,
-  so a sampler copied into ``ParallelDataManager``'s worker processes (``pathos`` spawn, which does
-  not use torch's shared-tensor pickling) still reads the probabilities the trainer writes.
-
-The sampler uses its probabilities only once it is *activated* (the callbacks do that for the
+The probabilities live in a :class:`SharedProbabilities` vector, memory shared with every copy of
+the sampler, so a sampler copied into ``ParallelDataManager``'s worker processes still reads what
+the trainer writes. The sampler uses them only once it is *activated* (the pipeline does that for the
 train sampler); the eval sampler, built from the same config object, stays uniform.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-import uuid
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 from jaxtyping import Float, Int
 from nerfstudio.data.pixel_samplers import PixelSampler, PixelSamplerConfig
 from nerfstudio.data.utils.pixel_sampling_utils import divide_rays_per_image
-from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
-from nerfstudio.utils import writer
-from torch import Tensor, nn
+from torch import Tensor
 
-from sahs_nerfstudio.data.semantics import CLASS_NAMES, MOUTH_CLASSES, NUM_CLASSES
-
-DEFAULT_CLASS_WEIGHTS: tuple[float, ...] = tuple(2.0 if c in MOUTH_CLASSES else 1.0 for c in range(NUM_CLASSES))
-"""Mouth interior and lips count twice, as in the published method."""
+from sahs_nerfstudio.compat.shared_tensor import SharedVector
+from sahs_nerfstudio.data.frame_store import PER_FRAME_KEYS, FaceRectLookup, finish_ray_batch
+from sahs_nerfstudio.data.semantics import NUM_CLASSES
+from sahs_nerfstudio.samplers.class_stats import DEFAULT_CLASS_WEIGHTS
 
 # Rejection sampling: candidates per round are capped; after this many rounds (or 64k candidates
 # with no acceptance) the rest is drawn exactly from the full weight map. With the class floor the
@@ -55,11 +36,6 @@ DEFAULT_CLASS_WEIGHTS: tuple[float, ...] = tuple(2.0 if c in MOUTH_CLASSES else 
 # weights (an all-false nerfstudio mask, a zero floor with zero class weights).
 _MAX_CANDIDATES_PER_ROUND = 1 << 22
 _MAX_REJECTION_ROUNDS = 16
-
-
-def class_log_name(cls: int) -> str:
-    """Scalar name of a class's probability, e.g. ``sampler/p_mouth_interior``."""
-    return "sampler/p_" + CLASS_NAMES[cls].replace(" ", "_").replace("/", "_")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,137 +79,32 @@ def validate_config(config: SemanticPixelSamplerConfig) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Loss statistics -> class probabilities
-
-
-def class_probabilities(
-    mean_loss: Float[Tensor, " K"],
-    seen: Tensor,
-    class_weights: Sequence[float] = DEFAULT_CLASS_WEIGHTS,
-    min_probability: float = 0.01,
-) -> Float[Tensor, " K"]:
-    """Class probabilities from per-class mean losses: ``floor + (1 - K floor) * w*l / sum(w*l)``.
-
-    Classes never seen get the largest seen loss (so they are explored once they show up). With no
-    class seen, or all weighted losses zero, the result is uniform over classes (or proportional to
-    the weights). Always finite, sums to 1, and every entry is >= ``min_probability``.
-    """
-    k = mean_loss.shape[0]
-    if not 0.0 <= min_probability <= 1.0 / k:
-        raise ValueError(f"min_probability must be in [0, 1/{k}], got {min_probability}")
-    weights = torch.as_tensor(class_weights, dtype=torch.float64, device=mean_loss.device)
-    seen = seen.bool() & torch.isfinite(mean_loss)
-    if not bool(seen.any()):
-        return torch.full((k,), 1.0 / k, dtype=torch.float64, device=mean_loss.device)
-    loss = mean_loss.double().clamp(min=0.0)
-    loss = torch.where(seen, loss, loss[seen].max())
-    score = weights * loss
-    total = score.sum()
-    if not bool(total > 0):
-        score = weights if bool(weights.sum() > 0) else torch.ones_like(weights)
-        total = score.sum()
-    return min_probability + (1.0 - k * min_probability) * score / total
-
-
-class ClassLossEMA(nn.Module):
-    """Per-class moving average of the mean per-ray loss; a persistent buffer, so checkpoints keep it.
-
-    A class absent from a batch keeps its average (it neither decays nor drops to zero); the first
-    batch that contains a class sets its average directly.
-    """
-
-    def __init__(self, num_classes: int = NUM_CLASSES) -> None:
-        super().__init__()
-        self.register_buffer("mean_loss", torch.zeros(num_classes))
-        self.register_buffer("num_updates", torch.zeros(num_classes, dtype=torch.long))
-
-    mean_loss: Tensor
-    num_updates: Tensor
-
-    @property
-    def seen(self) -> Tensor:
-        return self.num_updates > 0
-
-    @torch.no_grad()
-    def update(self, loss_sum: Float[Tensor, " K"], loss_count: Float[Tensor, " K"], decay: float) -> None:
-        """Fold in one batch: classes with rays get ``decay * old + (1 - decay) * batch mean``."""
-        loss_sum = loss_sum.detach().to(self.mean_loss.device, torch.float32)
-        loss_count = loss_count.detach().to(self.mean_loss.device, torch.float32)
-        batch_mean = loss_sum / loss_count.clamp(min=1.0)
-        present = (loss_count > 0) & torch.isfinite(batch_mean)
-        first = present & ~self.seen
-        blended = decay * self.mean_loss + (1.0 - decay) * batch_mean
-        new = torch.where(first, batch_mean, torch.where(present, blended, self.mean_loss))
-        self.mean_loss.copy_(new)
-        self.num_updates.add_(present.long())
-
-    def probabilities(self, class_weights: Sequence[float], min_probability: float) -> Float[Tensor, " K"]:
-        return class_probabilities(self.mean_loss, self.seen, class_weights, min_probability)
-
-
-def all_reduce_class_stats(
-    loss_sum: Float[Tensor, " K"], loss_count: Float[Tensor, " K"]
-) -> tuple[Float[Tensor, " K"], Float[Tensor, " K"]]:
-    """Sum the batch statistics over all processes (a no-op without an initialised process group)."""
-    stats = torch.stack([loss_sum.detach().float(), loss_count.detach().float()])
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(stats, op=dist.ReduceOp.SUM)
-    return stats[0], stats[1]
-
-
-# ----------------------------------------------------------------------------------------------
-# Shared state between the trainer and the sampler (possibly in another process)
-
-
-def _shared_dir() -> str:
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+# The probabilities, shared between the trainer and the sampler (possibly in another process)
 
 
 class SharedProbabilities:
-    """``[active, version, p_0 .. p_{K-1}]`` in a memory-mapped file, shared by every process that unpickles it.
+    """``[active, version, p_0 .. p_{K-1}]`` in a :class:`SharedVector`, shared by every copy (pickle) of it.
 
-    Pickling keeps only the file name (plus a snapshot), so it survives any pickler, including the
-    ``dill``-based one of ``pathos`` that ParallelDataManager uses. The creating process removes the
-    file when this object is garbage collected or the process exits. Writes are not atomic: a reader
-    may see a mix of two consecutive vectors for one batch, which is harmless (every entry is a
-    valid probability >= the floor); a reader normalises what it reads.
+    A reader may see a mix of two consecutive vectors for one batch (writes are not atomic), which
+    is harmless: every entry is a valid probability >= the floor, and a reader normalises what it reads.
     """
 
     def __init__(self, num_classes: int = NUM_CLASSES) -> None:
         self.num_classes = num_classes
-        self.path = os.path.join(_shared_dir(), f"sahs_sampler_{os.getpid()}_{uuid.uuid4().hex}")
-        self.tensor = self._map(self.path, num_classes)
-        self.tensor.zero_()
+        self.vector = SharedVector(num_classes + 2, prefix="sahs_sampler")
         self.tensor[2:] = 1.0 / num_classes
-        self._finalizer = weakref.finalize(self, _unlink, self.path)
 
-    @staticmethod
-    def _map(path: str, num_classes: int) -> Tensor:
-        return torch.from_file(path, shared=True, size=num_classes + 2, dtype=torch.float64)
+    @property
+    def tensor(self) -> Tensor:
+        return self.vector.tensor
 
-    def __getstate__(self) -> dict:
-        return {"num_classes": self.num_classes, "path": self.path, "snapshot": self.tensor.clone()}
-
-    def __setstate__(self, state: dict) -> None:
-        self.num_classes = state["num_classes"]
-        self.path = state["path"]
-        self._finalizer = None
-        if os.path.exists(self.path):
-            self.tensor = self._map(self.path, self.num_classes)
-        else:  # the owner is gone: keep a private copy rather than create an orphan file
-            self.tensor = state["snapshot"].clone()
+    @property
+    def path(self) -> str:
+        return self.vector.path
 
     def close(self) -> None:
         """Remove the backing file now (owner only); attached processes keep their mapping."""
-        if self._finalizer is not None:
-            self._finalizer()
+        self.vector.close()
 
     @property
     def active(self) -> bool:
@@ -268,7 +139,7 @@ class SharedProbabilities:
 # The sampler
 
 
-def _gather(values: Tensor, flat_index: Tensor) -> Tensor:
+def _gather(values: Tensor | FaceRectLookup, flat_index: Tensor) -> Tensor:
     return values[flat_index.to(values.device)].to(flat_index.device)
 
 
@@ -337,6 +208,9 @@ class SemanticPixelSampler(PixelSampler):
         total = num_images * height * width
         labels: Tensor | None = batch.get("semantics")
         face: Tensor | None = batch.get("face_rect")
+        # Compact batches (SAHSDataManager) carry one rectangle per frame instead of a per-pixel image.
+        rects = FaceRectLookup(batch["face_rects"], height, width) if "face_rects" in batch else None
+        rects = None if face is not None else rects
         mask: Tensor | None = None if self.config.ignore_mask else batch.get("mask")
         device = image.device if labels is None else labels.device
         table = None if labels is None else self._class_weight_table(device)
@@ -346,11 +220,11 @@ class SemanticPixelSampler(PixelSampler):
             labels=None if table is None or labels is None else labels.reshape(-1),
             table=None if table is None else table[0],
             ignore_weight=0.0 if table is None else table[1],
-            face=None if face is None else face.reshape(-1).bool(),
+            face=rects if face is None else face.reshape(-1).bool(),
             mask=None if mask is None else mask.reshape(-1).bool(),
         )
         frac = self.config.face_rect_fraction
-        if frac is not None and face is not None and self.active and all(self._regions_present(face)):
+        if frac is not None and ctx.face is not None and self.active and all(self._regions_of(face, rects)):
             n_in = int(round(frac * num_rays))
             parts = [self._draw(ctx, n_in, region=True), self._draw(ctx, num_rays - n_in, region=False)]
         else:
@@ -359,6 +233,11 @@ class SemanticPixelSampler(PixelSampler):
         hw = height * width
         # On the image's device like nerfstudio's own indices (labels may sit on the GPU, images on the CPU).
         return torch.stack([flat // hw, (flat % hw) // width, flat % width], dim=-1).to(image.device)
+
+    def _regions_of(self, face: Tensor | None, rects: FaceRectLookup | None) -> tuple[bool, bool]:
+        if rects is not None:
+            return rects.regions_present()
+        return self._regions_present(face) if face is not None else (False, False)
 
     def _regions_present(self, face: Tensor) -> tuple[bool, bool]:
         """Whether any pixel is inside / outside the face rectangle; cached while the batch tensor is unchanged."""
@@ -401,7 +280,8 @@ class SemanticPixelSampler(PixelSampler):
             return super().collate_image_dataset_batch(batch, num_rays_per_batch, keep_full_image)
         indices = self.sample_indices(batch, num_rays_per_batch)
         c, y, x = (i.flatten().cpu() for i in torch.split(indices, 1, dim=-1))
-        collated = {key: value[c, y, x] for key, value in batch.items() if key != "image_idx" and value is not None}
+        collated = {k: v[c, y, x] for k, v in batch.items() if k not in PER_FRAME_KEYS and v is not None}
+        collated = finish_ray_batch(collated, batch, c, y, x)  # compact dtypes -> the model's, per-ray face_rect
         assert collated["image"].shape[0] == num_rays_per_batch
         indices = indices.clone()
         indices[:, 0] = batch["image_idx"][c].to(indices.device)
@@ -446,7 +326,7 @@ class _DrawContext:
     """Flat labels when pixels are weighted by class, else None (all weights equal)."""
     table: Tensor | None
     ignore_weight: float
-    face: Tensor | None
+    face: "Tensor | FaceRectLookup | None"
     mask: Tensor | None
 
     @property
@@ -463,7 +343,7 @@ class _DrawContext:
         if self.labels is None or self.table is None:
             w = torch.ones(flat.shape[0], device=self.device)
         else:
-            lab = _gather(self.labels, flat)
+            lab = _gather(self.labels, flat).long()  # int8 in compact batches
             w = self.table[lab.clamp(min=0)]
             w = torch.where(lab >= 0, w, torch.full_like(w, self.ignore_weight))
         if region is not None and self.face is not None:
@@ -503,98 +383,9 @@ def _rejection_sample(ctx: _DrawContext, n: int, region: bool | None) -> Tensor 
     return torch.cat(got + [rest])
 
 
-# ----------------------------------------------------------------------------------------------
-# Training callbacks: model statistics -> EMA (checkpointed) -> sampler
-
-
-def find_train_sampler(pipeline) -> SemanticPixelSampler | None:
-    """The pipeline's train sampler if it is a :class:`SemanticPixelSampler` (ParallelDataManager included)."""
-    datamanager = getattr(pipeline, "datamanager", None)
-    sampler = getattr(datamanager, "train_pixel_sampler", None)
-    return sampler if isinstance(sampler, SemanticPixelSampler) else None
-
-
-class SamplerUpdater:
-    """Feeds a :class:`SemanticPixelSampler` from the model's per-class loss statistics.
-
-    Args:
-        tracker: the model's :class:`ClassLossEMA` (persistent: a resumed run starts from it).
-        get_stats: returns the latest batch's ``(class_loss_sum, class_loss_count)``; they are
-            zeroed in place after being read so a batch is never counted twice.
-        sampler: the train sampler (in this process; its probabilities are shared with workers).
-    """
-
-    def __init__(
-        self,
-        tracker: ClassLossEMA,
-        get_stats: Callable[[], tuple[Tensor, Tensor]],
-        sampler: SemanticPixelSampler,
-    ) -> None:
-        self.tracker = tracker
-        self.get_stats = get_stats
-        self.sampler = sampler
-        self.config = sampler.config
-        self._pushed = False
-
-    def probabilities(self) -> Float[Tensor, " K"]:
-        return self.tracker.probabilities(self.config.class_weights, self.config.min_class_probability)
-
-    def push(self) -> None:
-        self.sampler.set_class_probabilities(self.probabilities())
-        self._pushed = True
-
-    def before_iteration(self, step: int) -> None:
-        """Activate the sampler with the (possibly checkpoint-loaded) probabilities before the first batch."""
-        if not self._pushed:
-            self.push()
-
-    def after_iteration(self, step: int) -> None:
-        """All-reduce the batch statistics, update the moving average, push, and log every ``log_every`` steps."""
-        loss_sum, loss_count = self.get_stats()
-        total_sum, total_count = all_reduce_class_stats(loss_sum, loss_count)
-        with torch.no_grad():
-            loss_sum.zero_()
-            loss_count.zero_()
-        self.tracker.update(total_sum, total_count, self.config.ema_decay)
-        self.push()
-        if self.config.mode == "semantic" and step % self.config.log_every == 0:
-            probs = self.sampler.class_probabilities
-            for cls in range(NUM_CLASSES):
-                writer.put_scalar(name=class_log_name(cls), scalar=float(probs[cls]), step=step)
-
-    def callbacks(self) -> list[TrainingCallback]:
-        before = TrainingCallbackLocation.BEFORE_TRAIN_ITERATION
-        after = TrainingCallbackLocation.AFTER_TRAIN_ITERATION
-        return [
-            TrainingCallback(where_to_run=[before], update_every_num_iters=1, func=self.before_iteration),
-            TrainingCallback(where_to_run=[after], update_every_num_iters=1, func=self.after_iteration),
-        ]
-
-
-def semantic_sampler_callbacks(
-    model: nn.Module, tracker: ClassLossEMA, attributes: TrainingCallbackAttributes
-) -> list[TrainingCallback]:
-    """Callbacks for a model exposing ``class_loss_sum``/``class_loss_count``; none if the sampler is not ours."""
-    sampler = find_train_sampler(attributes.pipeline)
-    if sampler is None:
-        return []
-
-    def get_stats() -> tuple[Tensor, Tensor]:
-        return model.class_loss_sum, model.class_loss_count  # type: ignore[return-value]
-
-    return SamplerUpdater(tracker, get_stats, sampler).callbacks()
-
-
 __all__ = [
-    "DEFAULT_CLASS_WEIGHTS",
-    "ClassLossEMA",
-    "SamplerUpdater",
     "SemanticPixelSampler",
     "SemanticPixelSamplerConfig",
     "SharedProbabilities",
-    "all_reduce_class_stats",
-    "class_log_name",
-    "class_probabilities",
-    "find_train_sampler",
-    "semantic_sampler_callbacks",
+    "validate_config",
 ]

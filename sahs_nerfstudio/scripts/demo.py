@@ -8,6 +8,7 @@ side by side. Every step is an ordinary nerfstudio step; the equivalent commands
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -44,22 +45,15 @@ class DemoConfig:
 def run(config: DemoConfig) -> dict:
     from nerfstudio.scripts.train import main as train_main
 
-    from sahs_nerfstudio.presets import TINY_FIELD, TINY_MODEL, cpu_trainer_config
-    from sahs_nerfstudio.render import render_split_video
+    from sahs_nerfstudio.presets import tiny_trainer_config
+    from sahs_nerfstudio.rendering.split_eval import render_split_video
 
     if not (config.data / config.layout / "transforms_train.json").is_file():
         CONSOLE.rule("1/3 synthetic subject")
         generate_subject(SyntheticConfig(output=config.data, seed=config.seed))
     data = config.data / config.layout
     CONSOLE.rule(f"2/3 ns-train sahs --data {data} (CPU preset, {config.steps} steps)")
-    trainer_config = cpu_trainer_config(
-        data,
-        steps=config.steps,
-        rays=config.rays,
-        output_dir=config.output_dir,
-        field=TINY_FIELD,
-        **TINY_MODEL,  # type: ignore[arg-type]
-    )
+    trainer_config = tiny_trainer_config(data, steps=config.steps, rays=config.rays, output_dir=config.output_dir)
     trainer_config.experiment_name = f"demo-{config.layout}"
     trainer_config.set_timestamp()
     train_main(trainer_config)
@@ -82,7 +76,14 @@ def run(config: DemoConfig) -> dict:
 
 
 def entrypoint() -> None:
-    run(tyro.cli(DemoConfig))
+    from sahs_nerfstudio.errors import run_cli
+
+    config = tyro.cli(DemoConfig)
+
+    def main() -> None:
+        run(config)
+
+    sys.exit(run_cli(main, "sahs-demo"))
 
 
 if __name__ == "__main__":

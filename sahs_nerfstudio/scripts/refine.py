@@ -22,18 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import tyro
+from nerfstudio.utils.rich_utils import CONSOLE
 from rich.markup import escape
 
-from sahs_nerfstudio.refinement.trainer import (
-    CONSOLE,
-    RefinementError,
-    RefinerTrainConfig,
-    evaluate_refiner,
-    refine_frames,
-    release_stage_one_pipeline,
-    render_stage_one,
-    train_refiner,
-)
+from sahs_nerfstudio.errors import flag_error, run_cli
+from sahs_nerfstudio.refinement.evaluation import evaluate_refiner
+from sahs_nerfstudio.refinement.inference import refine_frames
+from sahs_nerfstudio.refinement.stage_one import release_stage_one_pipeline, render_stage_one
+from sahs_nerfstudio.refinement.training import RefinerTrainConfig, train_refiner
 
 
 @dataclass(kw_only=True)
@@ -60,7 +56,7 @@ class Train(RefinerTrainConfig):
     def main(self) -> None:
         if self.load_config is not None:
             if self.renders is not None or self.ground_truth is not None:
-                raise RefinementError("load-config: give either --load-config or --renders/--ground-truth, not both")
+                raise flag_error("--load-config", "either --load-config or --renders/--ground-truth", "both")
             stage1 = self.output / "stage1"
             renders, gt = render_stage_one(self.load_config, "train", stage1 / "train")
             if self.render_eval:
@@ -68,17 +64,26 @@ class Train(RefinerTrainConfig):
             release_stage_one_pipeline()
         else:
             if self.renders is None or self.ground_truth is None:
-                raise RefinementError("renders: give --renders DIR and --ground-truth DIR (or --load-config CONFIG)")
+                raise flag_error(
+                    "--renders", "--renders DIR and --ground-truth DIR (or --load-config CONFIG)", "not both"
+                )
             renders, gt = self.renders, self.ground_truth
-        train_refiner(
-            renders,
-            gt,
-            self.output,
-            config=self,
-            identity=self.identity,
-            audio=self.audio,
-            show_progress=self.progress,
-        )
+        try:
+            train_refiner(
+                renders,
+                gt,
+                self.output,
+                config=self,
+                identity=self.identity,
+                audio=self.audio,
+                show_progress=self.progress,
+            )
+        except KeyboardInterrupt:
+            CONSOLE.print(
+                "[yellow]Interrupted. Checkpoints are written atomically: rerun the same command to resume "
+                "from the last completed epoch."
+            )
+            raise
 
 
 @dataclass(kw_only=True)
@@ -155,20 +160,12 @@ COMMANDS = {"train": Train, "render": Render, "eval": Eval}
 
 
 def main(args: list | None = None) -> int:
-    """Parses ``args`` (default ``sys.argv``) and runs the subcommand; returns the exit code."""
+    """Parses ``args`` (default ``sys.argv``) and runs the subcommand; returns the exit code.
+
+    Bad input ends with one line on stderr and status 2 (the traceback only with ``SAHS_DEBUG=1``).
+    """
     command = tyro.extras.subcommand_cli_from_dict(COMMANDS, prog="sahs-refine", args=args)
-    try:
-        command.main()
-    except RefinementError as exc:
-        CONSOLE.print(f"[bold red]error:[/bold red] {escape(' '.join(str(exc).split()))}", soft_wrap=True)
-        return 2
-    except KeyboardInterrupt:
-        CONSOLE.print(
-            "[yellow]Interrupted. Checkpoints are written atomically: rerun the same command to resume "
-            "from the last completed epoch."
-        )
-        return 130
-    return 0
+    return run_cli(command.main, "sahs-refine")
 
 
 def entrypoint() -> None:

@@ -9,13 +9,13 @@ Examples::
     # a speech recording (any sample rate), orbiting camera, audio muxed into the mp4
     sahs-render --load-config outputs/.../config.yml --driver speech.wav --cameras orbit
 
-Bad input (a driving file of the wrong code width, an empty audio file, another method's run)
-ends with one line naming the file and the field, and exit status 2.
+Bad input (a driving file of the wrong code width, an empty audio file, another method's run, a
+flag out of range) ends with one line naming the file or flag and the field, and exit status 2
+(:mod:`sahs_nerfstudio.errors`; the traceback only with ``SAHS_DEBUG=1``).
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,7 +23,9 @@ from typing import Literal
 import tyro
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from sahs_nerfstudio.data.formats import FormatError
+from sahs_nerfstudio.errors import cli_entrypoint, run_cli
+
+PROG = "sahs-render"
 
 
 @dataclass
@@ -62,7 +64,7 @@ class RenderDriven:
     """Dataset path, when it moved since training (default: the one in config.yml)."""
 
     def main(self) -> None:
-        from sahs_nerfstudio.render import render_driven_video
+        from sahs_nerfstudio.rendering.driven import render_driven_video
 
         result = render_driven_video(
             self.load_config,
@@ -86,16 +88,12 @@ class RenderDriven:
 def run(argv: list | None = None) -> int:
     """Parse ``argv``, render, and turn bad input into one line on stderr (status 2)."""
     config = tyro.cli(RenderDriven, args=argv)
-    try:
-        config.main()
-    except FormatError as err:
-        print(f"sahs-render: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(config.main, PROG)
 
 
+@cli_entrypoint(PROG)
 def entrypoint() -> None:
-    sys.exit(run())
+    tyro.cli(RenderDriven).main()
 
 
 if __name__ == "__main__":

@@ -9,11 +9,13 @@ Examples::
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import tyro
+from nerfstudio.utils.rich_utils import CONSOLE
 
 from sahs_nerfstudio.data import semantics as sem
 from sahs_nerfstudio.data.formats import (
@@ -27,6 +29,7 @@ from sahs_nerfstudio.data.formats import (
     write_rgb,
 )
 from sahs_nerfstudio.data.synthetic import SubjectSummary, SyntheticConfig, generate_subject
+from sahs_nerfstudio.errors import run_cli
 
 
 @dataclass
@@ -69,10 +72,9 @@ def save_preview(output: Path, path: Path, num_frames: int = 4, min_tile: int = 
 
 
 def print_summary(summary: SubjectSummary) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = CONSOLE
     table = Table(title=f"Synthetic subject in {summary.output}", show_header=True)
     table.add_column("layout")
     table.add_column("split")
@@ -104,14 +106,19 @@ def main(command: SynthCommand) -> SubjectSummary:
     print_summary(summary)
     if command.preview is not None:
         path = save_preview(summary.output, command.preview)
-        print(f"preview written to {path}")
+        CONSOLE.print(f"preview written to {path}")
     return summary
 
 
 def entrypoint() -> None:
-    """The ``sahs-synth`` console script."""
+    """The ``sahs-synth`` console script; bad flags end with one line and status 2."""
     tyro.extras.set_accent_color("bright_yellow")
-    main(tyro.cli(SynthCommand, description=__doc__))
+    command = tyro.cli(SynthCommand, description=__doc__)
+
+    def run() -> None:
+        main(command)
+
+    sys.exit(run_cli(run, "sahs-synth"))
 
 
 if __name__ == "__main__":

@@ -109,10 +109,13 @@ def write_video(
     Raises:
         ValueError: no frames, frames of different sizes, bad dtype/shape, bad fps, or audio
             without a sample rate.
+        IsADirectoryError: ``path`` is an existing folder (checked before any frame is encoded).
     """
     import av
 
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"write_video: {path} is a folder, not the path of a video file")
     if not fps or fps <= 0:
         raise ValueError(f"write_video: fps must be positive, found {fps}")
     rate = _frame_rate(float(fps))
@@ -208,11 +211,11 @@ def write_video(
             assert sample_rate is not None
             audio_seconds = len(audio_arr) / sample_rate
         container.close()
+        tmp_path.replace(path)
     except BaseException:
         container.close()
         tmp_path.unlink(missing_ok=True)
         raise
-    tmp_path.replace(path)
     return VideoInfo(
         path=path,
         num_frames=num_frames,

@@ -1,5 +1,5 @@
 """Viewer controls of the SAHS model (nerfstudio's viser viewer)."""
 
-from sahs_nerfstudio.viewer.controls import AvatarControls, display_outputs, expression_pca
+from sahs_nerfstudio.viewer.controls import AvatarControls, attach_avatar_controls, expression_pca
 
-__all__ = ["AvatarControls", "display_outputs", "expression_pca"]
+__all__ = ["AvatarControls", "attach_avatar_controls", "expression_pca"]

@@ -4,8 +4,9 @@ nerfstudio's viewer (``nerfstudio.viewer.viewer.Viewer``) collects every ``Viewe
 by walking the pipeline's attributes and, recursively, its ``nn.Module`` children
 (``nerfstudio.viewer.utils.parse_object``): elements sorted by attribute name, each in a folder
 named after the path to it. :class:`AvatarControls` is therefore an ``nn.Module`` child of the
-model (``model.avatar``, no parameters, nothing in the state dict) holding the elements as plain
-attributes whose names (``el00_...``) fix their order on the panel:
+model (``model.avatar``, no parameters, nothing in the state dict; the pipeline attaches it with
+:func:`attach_avatar_controls`) holding the elements as plain attributes whose names (``el00_...``)
+fix their order on the panel:
 
 * **Drive by**: ``viewer time`` (the default: the training frame nearest nerfstudio's Time slider,
   as without a viewer), ``dataset frame`` (the frame slider), ``expression sliders`` (expression
@@ -40,7 +41,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from jaxtyping import Float
-from nerfstudio.utils.colormaps import apply_float_colormap
 from nerfstudio.viewer.viewer_elements import (
     ViewerButton,
     ViewerCheckbox,
@@ -51,6 +51,8 @@ from nerfstudio.viewer.viewer_elements import (
     ViewerSlider,
 )
 from torch import Tensor, nn
+
+from sahs_nerfstudio.compat.viser_camera import camera_reported
 
 if TYPE_CHECKING:
     from nerfstudio.viewer.viewer import Viewer
@@ -71,16 +73,6 @@ MIN_EXPLAINED = 0.005
 """Components explaining less than this share of the variance get no slider."""
 VISER_SCALE = 10.0
 """nerfstudio's ``VISER_NERFSTUDIO_SCALE_RATIO``: viewer units per world unit."""
-
-DISPLAY_ORDER: tuple[str, ...] = (
-    "rgb",
-    "semantics",
-    "deformation_magnitude",
-    "ambient_image",
-    "depth",
-    "accumulation",
-)
-"""Outputs listed first in the viewer's output menu (the first one is shown by default)."""
 
 
 @dataclass
@@ -329,7 +321,7 @@ class AvatarControls(nn.Module):
         device = model.device
         if mode == DATASET_FRAME:
             f = self.frame_index()
-            return model.encode_driver(model.train_drivers[f : f + 1], model.train_audio_index[f : f + 1])
+            return model.training_frame_code(f)
         if mode == EXPRESSION_SLIDERS and self.num_components > 0:
             return self.slider_code().to(device)
         if mode == AUDIO_WINDOW and self.num_audio_windows > 0:
@@ -380,7 +372,7 @@ class FrameCameraControl(ViewerControl):
         # The client's camera is unknown until it reports it; wait for that off the server's thread.
         def wait_then_look() -> None:
             for _ in range(200):
-                if client.camera._state.update_timestamp != 0.0:
+                if camera_reported(client.camera):
                     self.look_through(self.controls.frame_index(), [client])
                     return
                 time.sleep(0.05)
@@ -399,7 +391,7 @@ class FrameCameraControl(ViewerControl):
         position = c2w[:3, 3] * VISER_SCALE
         forward = -c2w[:3, 2]  # nerfstudio cameras look along -z, y up
         for client in clients if clients is not None else list(self.viser_server.get_clients().values()):
-            if client.camera._state.update_timestamp == 0.0:
+            if not camera_reported(client.camera):
                 continue
             with client.atomic():
                 client.camera.up_direction = c2w[:3, 1]
@@ -408,23 +400,8 @@ class FrameCameraControl(ViewerControl):
                 client.camera.fov = fov
 
 
-def display_outputs(outputs: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The outputs of a rendered camera, ordered for the viewer's menu, plus ``deformation_magnitude``.
-
-    ``deformation_magnitude`` is the rendered ``|x' - x|`` through the turbo colour map, normalised
-    by its maximum in the image (the raw ``deformation`` stays available for the viewer's own
-    colour map with fixed limits). Two-channel outputs (the audio model's 2-d ambient coordinate) are
-    left out: the viewer cannot colour-map two channels; ``ambient_image`` shows them.
-    """
-    extra: dict[str, Tensor] = {}
-    deformation = outputs.get("deformation")
-    if deformation is not None and deformation.shape[-1] == 1:
-        scale = deformation.max().clamp(min=1e-12)
-        extra["deformation_magnitude"] = apply_float_colormap((deformation / scale).clamp(0, 1), colormap="turbo")
-    merged = {**outputs, **extra}
-    ordered: dict[str, Tensor] = {key: merged[key] for key in DISPLAY_ORDER if key in merged}
-    for key, value in merged.items():
-        if key in ordered or (value.ndim >= 1 and value.shape[-1] == 2):
-            continue
-        ordered[key] = value
-    return ordered
+def attach_avatar_controls(model: "SAHSModel") -> AvatarControls:
+    """Build the panel for ``model`` and set it as ``model.avatar``, where the viewer and the model find it."""
+    controls = AvatarControls.for_model(model)
+    model.avatar = controls
+    return controls

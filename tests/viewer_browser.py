@@ -1,9 +1,9 @@
-"""Drive nerfstudio's viewer of a SAHS run from headless Chromium (the viewer test and the docs screenshot).
+"""Test driver: nerfstudio's viewer of a SAHS run in headless Chromium (the viewer test and the docs screenshot).
 
 Needs the ``playwright`` package and a Chromium executable (Debian's ``chromium`` package at
 ``/usr/bin/chromium``; Playwright's own browser download is never used). Usage::
 
-    python -m sahs_nerfstudio.viewer.browser --load-config outputs/.../config.yml --screenshot docs/viewer.png
+    .venv/bin/python tests/viewer_browser.py --load-config outputs/.../config.yml --screenshot docs/viewer.png
 
 starts ``ns-viewer`` on the run, opens the page, checks the SAHS panel is there, moves the first
 expression slider (or the audio window slider) and saves a screenshot of the page.

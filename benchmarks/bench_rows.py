@@ -1,0 +1,139 @@
+"""The benchmark's rows: one nerfstudio ``TrainerConfig`` each, on the same synthetic subject."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench_config import BenchmarkConfig
+
+
+def _sahs_config(
+    cfg: BenchmarkConfig,
+    data: Path,
+    steps: int,
+    sampler: str = "semantic",
+    use_warp: bool = True,
+    use_hyper: bool = True,
+):
+    from sahs_nerfstudio.fields.sahs_field import SAHSFieldConfig
+    from sahs_nerfstudio.presets import cpu_model_config, cpu_trainer_config
+    from sahs_nerfstudio.sahs_config import _adam, sahs_trainer_config
+
+    if cfg.resolved_scale() == "cpu":
+        sizes = cpu_model_config(use_warp=use_warp, use_hyper=use_hyper)
+        config = cpu_trainer_config(data, steps=steps, rays=cfg.rays, model=sizes)
+    else:
+        config: Any = sahs_trainer_config()
+        config.pipeline.datamanager.data = data
+        config.pipeline.datamanager.dataparser.data = data  # type: ignore[attr-defined]
+        config.pipeline.datamanager.train_num_rays_per_batch = cfg.rays
+        model = config.pipeline.model
+        model.audio_field = SAHSFieldConfig.for_driver("audio", use_warp=use_warp, use_hyper=use_hyper)  # type: ignore[attr-defined]
+        model.expression_field = SAHSFieldConfig.for_driver("expression", use_warp=use_warp, use_hyper=use_hyper)  # type: ignore[attr-defined]
+        model.audio_attention_start_step = steps // 2  # type: ignore[attr-defined]
+        config.optimizers = {
+            "fields": _adam(5e-4, steps),
+            "audio_net": _adam(5e-4, steps),
+            "audio_attention": _adam(2.5e-3, steps),
+        }
+    config.pipeline.datamanager.pixel_sampler.mode = sampler  # type: ignore[attr-defined]
+    return config
+
+
+def _fast_config(cfg: BenchmarkConfig, data: Path, steps: int, sampler: str = "semantic"):
+    from sahs_nerfstudio.presets import fast_cpu_trainer_config
+    from sahs_nerfstudio.sahs_config import fast_optimizers, sahs_fast_trainer_config
+
+    if cfg.resolved_scale() == "cpu":
+        config = fast_cpu_trainer_config(data, steps=steps, rays=cfg.rays)
+    else:
+        config: Any = sahs_fast_trainer_config()
+        config.pipeline.datamanager.data = data
+        config.pipeline.datamanager.dataparser.data = data  # type: ignore[attr-defined]
+        config.pipeline.datamanager.train_num_rays_per_batch = cfg.rays
+        config.pipeline.model.audio_attention_start_step = steps // 2  # type: ignore[attr-defined]
+        config.optimizers = fast_optimizers(steps=steps)
+    config.pipeline.datamanager.pixel_sampler.mode = sampler  # type: ignore[attr-defined]
+    return config
+
+
+def _stock_datamanager(cfg: BenchmarkConfig, data: Path):
+    from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
+
+    from sahs_nerfstudio.data.sahs_dataparser import SAHSDataParserConfig
+
+    return VanillaDataManagerConfig(
+        data=data,
+        dataparser=SAHSDataParserConfig(data=data),
+        train_num_rays_per_batch=cfg.rays,
+        eval_num_rays_per_batch=cfg.rays,
+    )
+
+
+def _nerfacto_config(cfg: BenchmarkConfig, data: Path, steps: int):
+    from nerfstudio.configs.method_configs import method_configs
+    from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
+
+    config: Any = dataclasses.replace(method_configs["nerfacto"])
+    config.pipeline = dataclasses.replace(config.pipeline, datamanager=_stock_datamanager(cfg, data))
+    model: Any = dataclasses.replace(config.pipeline.model)
+    model.camera_optimizer = dataclasses.replace(model.camera_optimizer, mode="off")  # exact cameras, like ours
+    model.near_plane = near_far(data)[0]
+    if cfg.resolved_scale() == "cpu":
+        # The sahs-fast CPU sizes (torch grids, fewer samples): same cost class as sahs-fast on a CPU.
+        model.implementation = "torch"
+        model.num_levels, model.max_res, model.log2_hashmap_size = 12, 512, 15
+        model.num_proposal_samples_per_ray = (64, 32)
+        model.num_nerf_samples_per_ray = 24
+        for args in model.proposal_net_args_list:
+            args["log2_hashmap_size"] = 14
+    config.pipeline.model = model
+    config.mixed_precision = cfg.resolved_device() == "cuda"
+    config.optimizers = {
+        name: {
+            "optimizer": group["optimizer"],
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=group["optimizer"].lr / 30, max_steps=steps),
+        }
+        for name, group in config.optimizers.items()
+        if name != "camera_opt"
+    }
+    return config
+
+
+def _dnerf_config(cfg: BenchmarkConfig, data: Path, steps: int):
+    from nerfstudio.configs.method_configs import method_configs
+
+    config: Any = dataclasses.replace(method_configs["dnerf"])
+    config.pipeline = dataclasses.replace(config.pipeline, datamanager=_stock_datamanager(cfg, data))
+    model: Any = dataclasses.replace(config.pipeline.model)
+    near, far = near_far(data)
+    model.collider_params = {"near_plane": near, "far_plane": far}
+    model.background_color = "last_sample"  # the fixed background image lands on the last sample
+    if cfg.resolved_scale() == "cpu":
+        model.num_coarse_samples, model.num_importance_samples = 32, 32  # the sahs CPU preset's samples
+    config.pipeline.model = model
+    return config
+
+
+ROW_BUILDERS: dict[str, Callable[[BenchmarkConfig, Path, int], Any]] = {
+    "sahs": lambda c, d, s: _sahs_config(c, d, s),
+    "sahs-fast": lambda c, d, s: _fast_config(c, d, s),
+    "sahs-no-hyper": lambda c, d, s: _sahs_config(c, d, s, use_hyper=False),
+    "sahs-no-warp": lambda c, d, s: _sahs_config(c, d, s, use_warp=False),
+    "sahs-nerface": lambda c, d, s: _sahs_config(c, d, s, use_hyper=False, use_warp=False),
+    "sahs-uniform": lambda c, d, s: _sahs_config(c, d, s, sampler="uniform"),
+    "sahs-fast-uniform": lambda c, d, s: _fast_config(c, d, s, sampler="uniform"),
+    "nerfacto": _nerfacto_config,
+    "dnerf": _dnerf_config,
+}
+STOCK_ROWS = ("nerfacto", "dnerf")
+
+
+def near_far(data: Path) -> tuple[float, float]:
+    from sahs_nerfstudio.data.sahs_dataparser import SAHSDataParserConfig
+
+    meta = SAHSDataParserConfig(data=data).setup().get_dataparser_outputs("train").metadata
+    return float(meta["near"]), float(meta["far"])

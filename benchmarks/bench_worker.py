@@ -1,0 +1,170 @@
+"""One row in its own process: its own training loop, scored at the step and time budgets, and Stage II."""
+
+from __future__ import annotations
+
+import math
+import resource
+import shutil
+import time
+from typing import Any
+
+from bench_config import ROW_NOTES, BenchmarkConfig
+from bench_heldout import HeldOut, sync
+from bench_rows import ROW_BUILDERS, STOCK_ROWS
+
+from sahs_nerfstudio.compat.stock_lpips import disable_stock_lpips
+
+
+def _set_schedule_length(trainer, steps: int) -> None:
+    """Stretch every exponential-decay schedule to ``steps`` (nerfstudio's schedulers read max_steps live)."""
+    for group in trainer.config.optimizers.values():
+        scheduler = group.get("scheduler")
+        if scheduler is not None and hasattr(scheduler, "max_steps"):
+            scheduler.max_steps = max(int(steps), getattr(scheduler, "warmup_steps", 0) + 1)
+    model = trainer.pipeline.model
+    if hasattr(model.config, "audio_attention_start_step"):
+        model.config.audio_attention_start_step = int(steps) // 2
+
+
+def run_row(cfg: BenchmarkConfig, row: str) -> dict[str, Any]:
+    import torch
+    from nerfstudio.engine.callbacks import TrainingCallbackLocation
+
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    device = cfg.resolved_device()
+    data = cfg.data_root() / cfg.layout
+    lpips_disabled = disable_stock_lpips() if row in STOCK_ROWS else False
+    config = ROW_BUILDERS[row](cfg, data, cfg.equal_steps)
+    config.machine.device_type = device
+    config.machine.num_devices = 1
+    config.vis = "tensorboard"
+    config.output_dir = cfg.output_dir / "runs"
+    config.experiment_name = row
+    config.timestamp = "bench"
+    config.max_num_iterations = cfg.equal_steps
+    config.save_only_latest_checkpoint = True
+    if cfg.resolved_scale() == "cpu" or device == "cpu":
+        config.mixed_precision = False
+    chunk = cfg.eval_chunk if cfg.eval_chunk is not None else (1024 if device == "cpu" else None)
+    if chunk is not None:
+        config.pipeline.model.eval_num_rays_per_chunk = chunk
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup(test_mode="test")
+    pipeline, model = trainer.pipeline, trainer.pipeline.model
+    held_out = HeldOut(data, pipeline.device if isinstance(pipeline.device, str) else str(pipeline.device))
+    num_params = sum(p.numel() for p in model.parameters())
+
+    # Log-spaced (T/2^(n-1), ..., T/2, T): early progress is what separates the methods on a short budget.
+    curve_times = [cfg.time_budget_s / 2 ** (cfg.curve_points - 1 - k) for k in range(cfg.curve_points)]
+    curve: list[dict[str, Any]] = []
+    at_time: dict[str, Any] | None = None
+    at_steps: dict[str, Any] | None = None
+    train_time = 0.0
+    step = 0
+    probe = (3, 8)  # steps timed to size the learning-rate schedule
+    probe_start = 0.0
+    planned_steps = cfg.equal_steps
+
+    def record(kind: str, frames: int | None) -> dict[str, Any]:
+        metrics = held_out.evaluate(model, frames)
+        entry = {"kind": kind, "step": step, "train_time_s": train_time, **metrics}
+        curve.append(entry)
+        print(f"[{row}] {kind:>10} step {step:6d}  {train_time:8.1f}s  psnr {metrics['psnr']:.2f}", flush=True)
+        return entry
+
+    record("start", cfg.curve_frames)
+    give_up = cfg.time_budget_s * cfg.max_time_factor
+    while (step < cfg.equal_steps and train_time < give_up) or train_time < cfg.time_budget_s:
+        sync(device)
+        t0 = time.perf_counter()
+        pipeline.train()
+        for callback in trainer.callbacks:
+            callback.run_callback_at_location(step, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
+        loss, _, _ = trainer.train_iteration(step)
+        for callback in trainer.callbacks:
+            callback.run_callback_at_location(step, location=TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
+        sync(device)
+        train_time += time.perf_counter() - t0
+        step += 1
+        if not math.isfinite(float(loss.detach())):
+            raise FloatingPointError(f"{row}: loss is {float(loss.detach())} at step {step}")
+        if step == probe[0]:
+            probe_start = train_time
+        if step == probe[1]:
+            seconds_per_step = (train_time - probe_start) / (probe[1] - probe[0])
+            planned_steps = max(cfg.equal_steps, int(cfg.time_budget_s / max(seconds_per_step, 1e-6)))
+            _set_schedule_length(trainer, planned_steps)
+        if step == cfg.equal_steps:
+            at_steps = record("steps", None)
+        if at_time is None and train_time >= cfg.time_budget_s:
+            at_time = record("time", None)
+            curve_times = []
+        while curve_times and train_time >= curve_times[0]:
+            curve_times.pop(0)
+            record("curve", cfg.curve_frames)
+    assert at_time is not None
+    if at_steps is None:
+        print(f"[{row}] stopped after {train_time:.0f} s at step {step} < {cfg.equal_steps}: no equal-steps reading")
+
+    if device == "cuda":
+        peak_mb, mem_kind = torch.cuda.max_memory_allocated() / 2**20, "CUDA max allocated"
+    else:
+        peak_mb, mem_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak RSS of the row process"
+    result: dict[str, Any] = {
+        "row": row,
+        "notes": ROW_NOTES.get(row, ""),
+        "method_name": config.method_name,
+        "num_params": num_params,
+        "steps_total": step,
+        "train_time_total_s": train_time,
+        "planned_schedule_steps": planned_steps,
+        "rays_per_s": step * cfg.rays / train_time,
+        "seconds_per_step": train_time / step,
+        "equal_steps": at_steps,
+        "equal_time": at_time,
+        "render_fps": (at_steps or at_time)["render_fps"],
+        "peak_memory_mb": peak_mb,
+        "memory_kind": mem_kind,
+        "lpips_disabled_at_startup": lpips_disabled,
+        "curve": curve,
+    }
+    if cfg.refine and row in cfg.refine_rows:
+        result["refine"] = run_refinement(cfg, trainer, step)
+    return result
+
+
+def run_refinement(cfg: BenchmarkConfig, trainer, step: int) -> dict[str, Any]:
+    """Stage II on the final model: render train/test, train the refiner on train, score test before/after."""
+    from sahs_nerfstudio.refinement import (
+        RefinerTrainConfig,
+        evaluate_refiner,
+        release_stage_one_pipeline,
+        render_stage_one,
+        train_refiner,
+    )
+
+    trainer.config.save_config()
+    trainer.save_checkpoint(step)
+    config_path = trainer.config.get_base_dir() / "config.yml"
+    out = trainer.config.get_base_dir() / "stage2"
+    # Stage-I renders and refiner checkpoints are reused when present: a rerun must not score stale ones.
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    train_renders, train_gt = render_stage_one(config_path, "train", out / "train")
+    test_renders, test_gt = render_stage_one(config_path, "eval", out / "test")
+    release_stage_one_pipeline()
+    device = cfg.resolved_device()
+    res = train_refiner(
+        train_renders,
+        train_gt,
+        out / "refiner",
+        RefinerTrainConfig(epochs=cfg.refine_epochs, device=device, num_workers=0),
+        show_progress=False,
+    )
+    assert res.checkpoint is not None
+    report = evaluate_refiner(res.checkpoint, test_renders, test_gt, device=device, show_progress=False)
+    return {**report["results"], "epochs": cfg.refine_epochs, "seconds": time.perf_counter() - t0}

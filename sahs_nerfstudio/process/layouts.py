@@ -1,0 +1,144 @@
+"""Stage 8: the kept frames written as the NeRFace and/or AD-NeRF layouts, and their splits.
+
+Everything goes through :mod:`sahs_nerfstudio.data.formats` (file names, JSON fields) and
+:mod:`sahs_nerfstudio.data.semantics` (mask colours). Kept frames are renumbered ``0..K-1`` in
+time order; AD-NeRF's ``aud.npy`` holds one window per kept frame (centred on its original time),
+so ``aud_id == img_id``. Both layouts share one camera-to-world per frame, a positive focal and the
+principal point at the image centre.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+from jaxtyping import Float, Int, UInt8
+
+from sahs_nerfstudio.data import formats
+from sahs_nerfstudio.data import semantics as sem
+from sahs_nerfstudio.process.background import face_rect, nerface_bbox
+from sahs_nerfstudio.process.parallel import run_indexed
+
+NERFACE_MAX_VAL = 5
+"""NeRFace validation frames: at most this many, evenly spaced over the held-out tail."""
+
+
+def held_out_count(num: int, val_fraction: Optional[float]) -> int:
+    """Frames of the held-out tail: ``val_fraction`` of them, or AD-NeRF's 1/11 by default (at least 1)."""
+    if val_fraction is None:
+        return len(formats.adnerf_split_indices(num)["val"])
+    return min(num - 1, max(1, int(round(num * val_fraction))))
+
+
+def split_indices(num: int, layout: str, val_fraction: Optional[float] = None) -> Dict[str, List[int]]:
+    """Each layout's split of ``num`` kept frames into a training head and a held-out tail."""
+    if num < 2:
+        raise ValueError(f"a split needs at least 2 frames, got {num}")
+    tail = held_out_count(num, val_fraction)
+    train, held = list(range(num - tail)), list(range(num - tail, num))
+    if layout == "adnerf":
+        if val_fraction is None:
+            return formats.adnerf_split_indices(num)
+        return {"train": train, "val": held}
+    picks = np.linspace(0, len(held) - 1, min(NERFACE_MAX_VAL, len(held))).round().astype(int)
+    return {"train": train, "val": [held[i] for i in sorted(set(picks.tolist()))], "test": held}
+
+
+@dataclass
+class LayoutInputs:
+    """What both writers need, indexed by kept-frame number ``0..K-1``."""
+
+    read_frame: Callable[[int], UInt8[np.ndarray, "H W 3"]]
+    frame_file: Callable[[int], Path]
+    """The decoded JPEG of a kept frame (copied byte for byte to AD-NeRF's ``ori_imgs``)."""
+    read_labels: Callable[[int], Int[np.ndarray, "H W"]]
+    landmarks: Float[np.ndarray, "K 68 2"]
+    c2w: Float[np.ndarray, "K 4 4"]
+    expressions: Float[np.ndarray, "K D"]
+    focal: float
+    width: int
+    height: int
+    background: UInt8[np.ndarray, "H W 3"]
+    val_fraction: Optional[float] = None
+
+    @property
+    def num(self) -> int:
+        return len(self.c2w)
+
+
+def write_nerface(
+    root: Path, data: LayoutInputs, on_frame: Optional[Callable[[int], None]] = None, workers: int = 1
+) -> Dict:
+    """``transforms_{train,val,test}.json``, ``<split>/f_XXXX.png`` + masks, ``bg/00050.png``."""
+    splits = split_indices(data.num, "nerface", data.val_fraction)
+    formats.write_rgb(root / formats.NERFACE_BACKGROUND, data.background)
+    intr = (data.focal, data.focal, 0.5, 0.5)
+    angle = formats.nerface_camera_angle_x(data.width, data.focal)
+    membership: Dict[int, List[str]] = {}
+    for split, ids in splits.items():
+        for i in ids:
+            membership.setdefault(i, []).append(split)
+    frames: Dict[str, List[formats.NeRFaceFrame]] = {s: [] for s in splits}
+    for i in range(data.num):
+        bbox = nerface_bbox(face_rect(data.landmarks[i], data.width, data.height), data.width, data.height)
+        for split in membership[i]:
+            file_path = f"./{split}/f_{i:04d}"
+            frames[split].append(formats.NeRFaceFrame(file_path, data.c2w[i], data.expressions[i], bbox))
+
+    def write_frame(i: int) -> None:
+        rgb, labels = data.read_frame(i), data.read_labels(i)
+        for split in membership[i]:
+            file_path = f"./{split}/f_{i:04d}"
+            formats.write_png_fast(formats.nerface_image_path(root, file_path), rgb)
+            formats.write_png_fast(formats.nerface_mask_path(root, file_path), sem.encode_mask(labels))
+
+    run_indexed(write_frame, data.num, workers, on_frame)
+    for split, fr in frames.items():
+        formats.write_nerface_split(root, split, formats.NeRFaceSplit(angle, intr, fr))
+    return {s: len(v) for s, v in splits.items()}
+
+
+def write_adnerf(
+    root: Path,
+    data: LayoutInputs,
+    audio_features: Float[np.ndarray, "K W C"],
+    wav: Path,
+    on_frame: Optional[Callable[[int], None]] = None,
+    workers: int = 1,
+) -> Dict:
+    """``ori_imgs`` (+ ``.lms``), ``parsing``, ``com_imgs`` (+ masks), ``head_imgs``, ``bc.jpg``, audio, transforms."""
+    import shutil
+
+    from sahs_nerfstudio.data.adnerf_config import write_run_configs
+
+    splits = split_indices(data.num, "adnerf", data.val_fraction)
+    bg = data.background
+    formats.write_rgb(root / formats.ADNERF_BACKGROUND, bg)
+
+    def write_frame(i: int) -> None:
+        rgb, labels = data.read_frame(i), data.read_labels(i)
+        ori = formats.adnerf_image_path(root, i, "ori_imgs")
+        ori.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(data.frame_file(i), ori)
+        formats.write_landmarks(formats.adnerf_landmarks_path(root, i), data.landmarks[i])
+        formats.write_png_fast(formats.adnerf_parsing_path(root, i), sem.encode_adnerf_parsing(labels))
+        formats.write_png_fast(formats.adnerf_mask_path(root, i), sem.encode_mask(labels))
+        person = labels != sem.BACKGROUND
+        formats.write_rgb(formats.adnerf_image_path(root, i), np.where(person[..., None], rgb, bg))
+        head = ~np.isin(labels, (sem.BACKGROUND, sem.NECK, sem.TORSO))
+        formats.write_rgb(formats.adnerf_image_path(root, i, "head_imgs"), np.where(head[..., None], rgb, bg))
+
+    run_indexed(write_frame, data.num, workers, on_frame)
+    frames = [
+        formats.ADNeRFFrame(i, i, data.c2w[i], face_rect(data.landmarks[i], data.width, data.height))
+        for i in range(data.num)
+    ]
+    formats.write_audio_features(root / formats.ADNERF_AUDIO, audio_features)
+    shutil.copyfile(wav, root / formats.ADNERF_AUDIO_WAV)
+    cx, cy = data.width / 2.0, data.height / 2.0
+    for split, ids in splits.items():
+        formats.write_adnerf_split(root, split, formats.ADNeRFSplit(data.focal, cx, cy, [frames[i] for i in ids]))
+    write_run_configs(root, root.name, list(data.c2w), len(splits["val"]))
+    return {s: len(v) for s, v in splits.items()}

@@ -1,0 +1,334 @@
+"""Training the refiner on (Stage-I render, ground truth) pairs: schedule, data, loop, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from nerfstudio.utils.rich_utils import CONSOLE
+from torch import Tensor
+
+from sahs_nerfstudio.data.formats import FormatError
+from sahs_nerfstudio.errors import flag_error
+from sahs_nerfstudio.refinement.audio import assign_audio_rows, load_audio_windows
+from sahs_nerfstudio.refinement.checkpoints import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    checkpoint_path,
+    find_latest_checkpoint,
+    jsonable,
+    network_config_from_dict,
+    network_differences,
+    prune_checkpoints,
+    read_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
+from sahs_nerfstudio.refinement.io import FramePair, load_image, pair_frames
+from sahs_nerfstudio.refinement.networks import RefinerNetwork, RefinerNetworkConfig
+from sahs_nerfstudio.refinement.runtime import progress_bar, resolve_device
+
+
+@dataclass
+class RefinerTrainConfig:
+    """Stage II training schedule (published values as defaults)."""
+
+    network: RefinerNetworkConfig = field(default_factory=RefinerNetworkConfig)
+    """Refiner architecture."""
+    epochs: int = 100
+    """Epochs at constant learning rate (published 80-100). Small values (e.g. 3) suit a CPU run on the synthetic subject."""
+    decay_epochs: int | None = None
+    """Epochs with the learning rate decayed linearly towards 0 after ``epochs``; ``None`` means as many as ``epochs`` (the published schedule)."""
+    lr: float = 1e-4
+    """Adam learning rate."""
+    betas: tuple[float, float] = (0.0, 0.999)
+    """Adam betas."""
+    batch_size: int = 1
+    """Frames per step (published 1; >1 needs every frame to have one size)."""
+    seed: int = 0
+    """Seed of the weight initialisation and of the per-epoch shuffling (resuming reproduces the same order)."""
+    num_workers: int = 2
+    """DataLoader worker processes that decode images (0 = in the main process)."""
+    device: str = "auto"
+    """Torch device: ``auto`` (cuda when available), ``cpu``, ``cuda``, ``cuda:1``, ..."""
+    keep_checkpoints: int = 1
+    """How many of the most recent per-epoch checkpoints to keep (at least 1)."""
+
+    @property
+    def total_epochs(self) -> int:
+        return self.epochs + (self.epochs if self.decay_epochs is None else self.decay_epochs)
+
+
+def check_train_config(config: RefinerTrainConfig) -> None:
+    """Refuses values the schedule cannot run with (a FormatError naming the flag) before any work."""
+    checks: list[tuple[str, bool, str, Any]] = [
+        ("--epochs", config.epochs >= 0, "an integer >= 0", config.epochs),
+        (
+            "--decay-epochs",
+            config.decay_epochs is None or config.decay_epochs >= 0,
+            "None or >= 0",
+            config.decay_epochs,
+        ),
+        ("--lr", math.isfinite(config.lr) and config.lr > 0, "a positive learning rate", config.lr),
+        ("--betas", all(0.0 <= b < 1.0 for b in config.betas), "two values in [0, 1)", config.betas),
+        ("--batch-size", config.batch_size >= 1, "an integer >= 1", config.batch_size),
+        ("--num-workers", config.num_workers >= 0, "an integer >= 0", config.num_workers),
+        ("--keep-checkpoints", config.keep_checkpoints >= 1, "an integer >= 1", config.keep_checkpoints),
+    ]
+    for flag, ok, expected, found in checks:
+        if not ok:
+            raise flag_error(flag, expected, found)
+    net = config.network
+    if len(net.channels) != 3 or min(net.channels) < 1:
+        raise flag_error("--network.channels", "three positive channel counts", net.channels)
+    for flag, value in (("--network.spade-hidden", net.spade_hidden), ("--network.audio-dim", net.audio_dim)):
+        if value < 1:
+            raise flag_error(flag, "a positive integer", value)
+    if net.audio and (net.audio_window < 1 or net.audio_code_dim < 1 or not net.audio_conv_channels):
+        raise flag_error(
+            "--network.audio-*",
+            "a positive window and code size and at least one conv layer",
+            f"window {net.audio_window}, code {net.audio_code_dim}, conv {net.audio_conv_channels}",
+        )
+
+
+def lr_factor(epoch: int, epochs: int, decay_epochs: int) -> float:
+    """Learning-rate multiplier of 0-based ``epoch``: 1 for ``epochs`` epochs, then linear towards 0.
+
+    Epoch ``epochs + k`` (k = 0 .. decay_epochs-1) gets ``1 - (k + 1) / (decay_epochs + 1)``.
+    """
+    if epoch < epochs:
+        return 1.0
+    return max(0.0, 1.0 - (epoch - epochs + 1) / (decay_epochs + 1))
+
+
+class _PairDataset(torch.utils.data.Dataset):
+    def __init__(self, pairs: Sequence[FramePair], audio: np.ndarray | None) -> None:
+        self.pairs = list(pairs)
+        self.audio = audio
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        pair = self.pairs[index]
+        item = {"render": load_image(pair.render), "gt": load_image(pair.gt), "index": torch.tensor(index)}
+        if self.audio is not None:
+            assert pair.audio_row is not None
+            item["audio"] = torch.from_numpy(self.audio[pair.audio_row])
+        return item
+
+
+def _collate(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    sizes = {tuple(it["render"].shape) for it in items}
+    if len(sizes) > 1:
+        found = ", ".join(f"{s[2]}x{s[1]}" for s in sorted(sizes))
+        raise flag_error("--batch-size", "1 for frames of different sizes", found)
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_refiner` did."""
+
+    checkpoint: Path | None
+    """Latest checkpoint after training."""
+    epoch_losses: list[float]
+    """Mean training MSE of every epoch so far (including epochs of earlier, resumed runs)."""
+    start_epoch: int
+    """Epoch training (re)started from (0 for a fresh run)."""
+    epochs_run: int
+    """Epochs run by this call."""
+
+
+def _resume_state(output_dir: Path, wanted: RefinerNetworkConfig) -> tuple[Path | None, dict[str, Any] | None]:
+    """The latest checkpoint of ``output_dir`` (checked against ``wanted``), or ``(None, None)``."""
+    remove_stale_temporaries(output_dir)
+    latest = find_latest_checkpoint(output_dir)
+    if latest is None:
+        return None, None
+    state = read_checkpoint(latest)
+    diffs = network_differences(network_config_from_dict(state["network_config"]), wanted)
+    if diffs:
+        raise FormatError(
+            latest,
+            "network_config",
+            "the --network.* options of this run (or another --output)",
+            f"another network config: {'; '.join(diffs)}",
+        )
+    return latest, state
+
+
+def _identity_photo(state: dict[str, Any] | None, identity: Path | None, pairs: list[FramePair]) -> tuple[Tensor, str]:
+    """The identity photo as uint8 ``[3, H, W]`` and where it came from (a resumed run keeps its own)."""
+    if state is not None:
+        return state["identity"], state.get("identity_source", "checkpoint")
+    path = Path(identity) if identity is not None else pairs[0].gt
+    if not path.is_file():
+        raise FormatError(path, "--identity", "an image file", "no such file")
+    return (load_image(path) * 255).round().byte(), str(path)
+
+
+def train_refiner(
+    renders_dir: Path,
+    gt_dir: Path,
+    output_dir: Path,
+    config: RefinerTrainConfig | None = None,
+    identity: Path | None = None,
+    audio: Path | None = None,
+    show_progress: bool = True,
+    experiment_name: str | None = None,
+) -> TrainResult:
+    """Trains (or resumes training of) the refiner on (render, ground truth) pairs.
+
+    Args:
+        renders_dir: Folder of Stage-I renders.
+        gt_dir: Folder of ground-truth frames with the same file stems (extras ignored).
+        output_dir: Receives ``checkpoints/``, ``train_log.jsonl`` and ``config.json``.
+        config: Training schedule and network; published values by default.
+        identity: Identity photo; default the first ground-truth frame of the pairs (sorted
+            by name). Stored in the checkpoint. On resume the stored photo is used.
+        audio: Audio features ``.npy`` (audio variant only).
+        show_progress: Show a rich progress bar.
+        experiment_name: Stored in checkpoints and eval JSON; default the output folder name.
+
+    Returns:
+        A :class:`TrainResult`.
+    """
+    config = config or RefinerTrainConfig()
+    check_train_config(config)
+    output_dir = Path(output_dir)
+    device = resolve_device(config.device)
+    pairs, ignored = pair_frames(renders_dir, gt_dir)
+    latest, state = _resume_state(output_dir, config.network)
+    net_config = config.network
+
+    audio_windows: np.ndarray | None = None
+    if net_config.audio:
+        if audio is None:
+            raise flag_error("--audio", "FEATURES.npy for --network.audio", "none given")
+        audio_windows = load_audio_windows(audio, net_config.audio_window, net_config.audio_dim)
+        rows = assign_audio_rows([p.name for p in pairs], len(audio_windows), audio)
+        for pair, row in zip(pairs, rows, strict=True):
+            pair.audio_row = row
+    elif audio is not None:
+        raise FormatError(audio, "--audio", "no audio without --network.audio (the identity-only refiner)", "a file")
+    identity_u8, identity_source = _identity_photo(state, identity, pairs)
+
+    torch.manual_seed(config.seed)
+    model = RefinerNetwork(net_config).to(device)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.lr, betas=(float(config.betas[0]), float(config.betas[1]))
+    )
+    epoch_losses: list[float] = []
+    start_epoch = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epoch"])
+        epoch_losses = [float(x) for x in state.get("epoch_losses", [])]
+    experiment_name = experiment_name or (state or {}).get("experiment_name") or output_dir.resolve().name
+
+    total = config.total_epochs
+    decay = total - config.epochs
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.json").write_text(
+        json.dumps(
+            {
+                "train": jsonable(asdict(config)),
+                "network": jsonable(asdict(net_config)),
+                "renders": str(renders_dir),
+                "ground_truth": str(gt_dir),
+                "identity": identity_source,
+                "audio": None if audio is None else str(audio),
+            },
+            indent=2,
+        )
+    )
+    if state is not None:
+        CONSOLE.print(f"Resuming from {latest} (epoch {start_epoch}/{total})")
+    if start_epoch >= total:
+        CONSOLE.print(f"Already trained for {start_epoch} epochs (>= {total}); nothing to do.")
+        return TrainResult(checkpoint=latest, epoch_losses=epoch_losses, start_epoch=start_epoch, epochs_run=0)
+    CONSOLE.print(
+        f"Training the refiner on {len(pairs)} pairs"
+        + (f" ({ignored} ground-truth frames without a render ignored)" if ignored else "")
+        + f", {total} epochs ({config.epochs} constant + {decay} decayed), device {device}"
+    )
+
+    dataset = _PairDataset(pairs, audio_windows)
+    identity_img = identity_u8.float().div(255.0)[None].to(device)
+    log_path = output_dir / "train_log.jsonl"
+    latest_ckpt = latest
+    model.train()
+    with progress_bar(show_progress) as progress:
+        for epoch in range(start_epoch, total):
+            lr = config.lr * lr_factor(epoch, config.epochs, decay)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            gen = torch.Generator().manual_seed(config.seed * 100003 + epoch)
+            order = torch.randperm(len(dataset), generator=gen).tolist()
+            loader = torch.utils.data.DataLoader(
+                dataset,
+                batch_size=config.batch_size,
+                sampler=order,
+                num_workers=config.num_workers,
+                collate_fn=_collate,
+                persistent_workers=False,
+            )
+            task = progress.add_task(f"epoch {epoch + 1}/{total}", total=len(loader), loss="-")
+            running, count, t0 = 0.0, 0, time.time()
+            for batch in loader:
+                render = batch["render"].to(device, non_blocking=True)
+                gt = batch["gt"].to(device, non_blocking=True)
+                aud = batch["audio"].to(device) if "audio" in batch else None
+                out = model(render, identity_img, aud, clamp=False)
+                loss = F.mse_loss(out, gt)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise RuntimeError(f"training diverged at epoch {epoch + 1}: loss {value}")
+                running += value * render.shape[0]
+                count += render.shape[0]
+                progress.update(task, advance=1, loss=f"{running / count:.5f}")
+            progress.remove_task(task)
+            mean_loss = running / max(count, 1)
+            epoch_losses.append(mean_loss)
+            latest_ckpt = checkpoint_path(output_dir, epoch + 1)
+            save_checkpoint(
+                latest_ckpt,
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "version": CHECKPOINT_VERSION,
+                    "experiment_name": experiment_name,
+                    "network_config": jsonable(asdict(net_config)),
+                    "train_config": jsonable(asdict(config)),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch + 1,
+                    "total_epochs": total,
+                    "epoch_losses": epoch_losses,
+                    "identity": identity_u8.cpu(),
+                    "identity_source": identity_source,
+                    "num_pairs": len(pairs),
+                },
+            )
+            prune_checkpoints(output_dir, config.keep_checkpoints)
+            record = {"epoch": epoch + 1, "loss": mean_loss, "lr": lr, "seconds": round(time.time() - t0, 3)}
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            CONSOLE.print(f"epoch {epoch + 1:4d}/{total}  loss {mean_loss:.6f}  lr {lr:.2e}  {time.time() - t0:.1f}s")
+    CONSOLE.print(f"Saved {latest_ckpt}")
+    return TrainResult(
+        checkpoint=latest_ckpt, epoch_losses=epoch_losses, start_epoch=start_epoch, epochs_run=total - start_epoch
+    )

@@ -1,0 +1,229 @@
+"""Driven rendering (``sahs-render``): any driver through a camera path into an mp4.
+
+The driver is an expression sequence, an ``aud.npy``, an audio file (:mod:`sahs_nerfstudio.driving`)
+or, by default, the run's own split; the cameras follow :mod:`.camera_paths`. The mp4 gets the
+driver's audio when there is audio.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.pipelines.base_pipeline import Pipeline
+from nerfstudio.utils.rich_utils import CONSOLE
+
+from sahs_nerfstudio.data import keys
+from sahs_nerfstudio.data.formats import ADNERF_AUDIO, FormatError
+from sahs_nerfstudio.data.pose import pose_code
+from sahs_nerfstudio.driving import DrivingSequence, attach_sibling_audio, encode_sequence, load_driver
+from sahs_nerfstudio.errors import flag_error
+from sahs_nerfstudio.rendering.camera_paths import CAMERA_PATHS, CameraPath, camera_path
+from sahs_nerfstudio.rendering.common import Split, render_progress, sahs_model, split_dataset
+from sahs_nerfstudio.utils.images import to_uint8
+from sahs_nerfstudio.utils.run_loader import load_run
+from sahs_nerfstudio.utils.video import VideoInfo, write_video
+
+
+@dataclass
+class DrivenResult:
+    """What :func:`render_driven_video` did."""
+
+    num_frames: int
+    """Frames rendered."""
+    width: int
+    """Width of a rendered frame (all panels side by side)."""
+    height: int
+    """Height of a rendered frame."""
+    render_fps: float
+    """Frames per second of the model's rendering alone."""
+    total_fps: float
+    """Frames per second including encoding the video."""
+    video: VideoInfo | None
+    """The mp4 written (None when rendering only)."""
+    driver: DrivingSequence
+    """The driving rows used, after ``max_frames``."""
+    has_ground_truth: bool
+    """Whether the frames are the split's own (so a ground-truth panel exists)."""
+
+
+def split_driver(pipeline: Pipeline, split: str, fps: float = 25.0) -> DrivingSequence:
+    """The split's own driving rows (its expressions or audio windows), with its audio when contiguous."""
+    model = sahs_model(pipeline)
+    dataset = split_dataset(pipeline, split)
+    meta = dataset.cameras.metadata or {}
+    rows = meta[keys.DRIVER].cpu().numpy().astype(np.float32)
+    datamanager: Any = pipeline.datamanager
+    data_root = Path(datamanager.config.dataparser.data)
+    source = data_root / f"transforms_{split}.json"
+    if model.driver_kind != "audio":
+        return DrivingSequence("expression", rows, source, "frames[k].expression", fps)
+    seq = DrivingSequence("audio", rows.reshape(rows.shape[0], *model.audio_window), source, "frames[k].aud_id", fps)
+    ids = [int(v) for v in meta[keys.AUDIO_INDEX][:, 0].tolist()]
+    if all(b == a + 1 for a, b in zip(ids, ids[1:], strict=False)):
+        attach_sibling_audio(seq, data_root / ADNERF_AUDIO, ids[0])
+    return seq
+
+
+def _positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+def check_render_flags(
+    output: Path | None, cameras: str, fps: float, resolution_scale: float, max_frames: int | None
+) -> None:
+    """Refuse impossible settings before the run is loaded: a FormatError naming the flag."""
+    if cameras not in CAMERA_PATHS:
+        raise flag_error("--cameras", f"one of {', '.join(CAMERA_PATHS)}", cameras)
+    if not _positive(fps):
+        raise flag_error("--fps", "a positive frame rate (frames per second)", fps)
+    if not _positive(resolution_scale):
+        raise flag_error(
+            "--resolution-scale", "a positive scale of the dataset's resolution (1.0: as is)", resolution_scale
+        )
+    if max_frames is not None and max_frames < 1:
+        raise flag_error("--max-frames", "at least 1 frame (leave it out to render every frame)", max_frames)
+    if output is not None and Path(output).is_dir():
+        raise FormatError(output, "--output", "the path of an mp4 file to write", "an existing folder")
+
+
+def render_driven_video(
+    config_path: Path,
+    output: Path | None,
+    driver: Path | None = None,
+    audio: Path | None = None,
+    cameras: CameraPath = "dataset",
+    split: Split = "test",
+    frame: int = 0,
+    orbit_degrees: float = 15.0,
+    pose: Literal["follow", "frozen"] = "follow",
+    side_by_side: bool = False,
+    max_frames: int | None = None,
+    fps: float = 25.0,
+    resolution_scale: float = 1.0,
+    data: Path | None = None,
+    loaded: tuple[TrainerConfig, Pipeline] | None = None,
+) -> DrivenResult:
+    """Render ``driver`` (None: the split's own frames) through a camera path into an mp4.
+
+    Args:
+        config_path: the run's ``config.yml``.
+        output: the mp4 to write (None: render only, e.g. to time it).
+        driver: a driving file (see :mod:`sahs_nerfstudio.driving`); None drives with ``split`` itself.
+        audio: an audio file to mux instead of the driver's own audio.
+        cameras: ``dataset`` (the split's cameras, cycled), ``frame`` (camera ``frame`` of the split,
+            fixed) or ``orbit`` (that camera swung +-``orbit_degrees`` about the head, one period).
+        split: the split whose cameras (and, without ``driver``, codes) are used.
+        pose: ``follow``: the pose code is each camera's; ``frozen``: the first camera's throughout.
+        side_by_side: each frame is render | ground truth | semantics (ground truth only when the
+            split drives itself through its own cameras).
+        max_frames: render at most this many frames (at least 1).
+        fps: video frame rate, and the rate audio files are cut into windows at.
+        resolution_scale: scale of the output resolution relative to the dataset's.
+        data: dataset path replacing the one in the config.
+        loaded: an already loaded ``(config, pipeline)`` (skips loading).
+    """
+    check_render_flags(output, cameras, fps, resolution_scale, max_frames)
+    if loaded is None:
+        _, pipeline, _, _ = load_run(config_path, test_mode="test", data=data)
+    else:
+        pipeline = loaded[1]
+    model = sahs_model(pipeline)
+    model.eval()
+    dataset = split_dataset(pipeline, split)
+    num_cameras = len(dataset.cameras)
+    if not 0 <= frame < num_cameras:
+        raise FormatError(config_path, "frame", f"a camera index 0..{num_cameras - 1} of the {split} split", str(frame))
+    window: tuple[int, ...] = tuple(model.audio_window) if model.driver_kind == "audio" else (16, 29)
+    if driver is None:
+        seq = split_driver(pipeline, split, fps)
+        if audio is not None:
+            extra = load_driver(audio, fps=fps)
+            seq.audio, seq.sample_rate, seq.audio_source = extra.audio, extra.sample_rate, extra.audio_source
+    else:
+        seq = load_driver(driver, fps=fps, audio=audio, window=window[0], channels=window[1])
+    seq = seq.truncated(len(seq) if max_frames is None else max_frames)
+    codes = encode_sequence(model, seq)
+    has_gt = driver is None and cameras == "dataset"
+    count = len(seq)
+    pivot = 0.5 * (float(model.near) + float(model.far))
+    camera_at = camera_path(dataset.cameras, cameras, frame, count, orbit_degrees, pivot, resolution_scale)
+    frozen_pose = pose_code(camera_at(0).camera_to_worlds)
+    render_seconds = 0.0
+    shape: list[int] = []
+
+    def frames() -> Iterator[np.ndarray]:
+        nonlocal render_seconds
+        with render_progress() as progress:
+            task = progress.add_task(f"{seq.source.name} ({seq.kind})", total=count, fps=0.0)
+            for t in range(count):
+                tick = time.perf_counter()
+                cam = camera_at(t)
+                meta: dict[str, torch.Tensor] = {keys.DRIVING_CODE: codes[t : t + 1]}
+                if pose == "frozen":
+                    meta[keys.POSE] = frozen_pose
+                cam.metadata = meta
+                outputs = model.get_outputs_for_camera(cam.to(model.device))
+                parts = [outputs["rgb"]]
+                if side_by_side:
+                    if has_gt:
+                        parts.append(_ground_truth(dataset, t % num_cameras, outputs["rgb"]))
+                    if "semantics" in outputs:
+                        parts.append(outputs["semantics"])
+                image = to_uint8(torch.cat(parts, dim=1))
+                render_seconds += time.perf_counter() - tick
+                if not shape:
+                    shape.extend(image.shape[:2])
+                progress.update(task, advance=1, fps=(t + 1) / max(render_seconds, 1e-9))
+                yield image
+
+    start = time.perf_counter()
+    info: VideoInfo | None = None
+    if output is not None:
+        audio_samples = seq.audio if seq.audio is not None and len(seq.audio) > 0 else None
+        info = write_video(
+            output,
+            frames(),
+            fps=fps,
+            audio=audio_samples,
+            sample_rate=seq.sample_rate if audio_samples is not None else None,
+        )
+    else:
+        for _ in frames():
+            pass
+    total = time.perf_counter() - start
+    result = DrivenResult(
+        num_frames=count,
+        width=shape[1] if shape else 0,
+        height=shape[0] if shape else 0,
+        render_fps=count / max(render_seconds, 1e-9),
+        total_fps=count / max(total, 1e-9),
+        video=info,
+        driver=seq,
+        has_ground_truth=has_gt,
+    )
+    audio_note = ""
+    if info is not None and info.audio_seconds is not None:
+        audio_note = f", audio {info.audio_seconds:.2f} s from {seq.audio_source}"
+    where = f" to {output}" if output is not None else ""
+    CONSOLE.print(
+        f"rendered {count} frames ({result.width}x{result.height}){where}: {result.render_fps:.2f} frames/s "
+        f"rendering, {result.total_fps:.2f} frames/s with encoding{audio_note}"
+    )
+    return result
+
+
+def _ground_truth(dataset: Any, index: int, like: torch.Tensor) -> torch.Tensor:
+    """Dataset image ``index`` at the size of the render ``like`` (area-averaged when scaled)."""
+    image = dataset.get_image_float32(index)[..., :3].to(like.device)
+    if image.shape[:2] != like.shape[:2]:
+        image = torch.nn.functional.interpolate(image.permute(2, 0, 1)[None], size=like.shape[:2], mode="area")
+        image = image[0].permute(1, 2, 0)
+    return image
