@@ -89,3 +89,24 @@ def tiny_run_expression(tiny_subject) -> Path:
 def tiny_run_audio(tiny_subject) -> Path:
     """config.yml of an audio-driven (AD-NeRF layout) run trained for 40 steps on ``tiny_subject``."""
     return _train_tiny_run(tiny_subject, "adnerf")
+
+
+@pytest.fixture
+def tiny_sahs_fast_cli():
+    """``ns-train sahs-fast`` parsed from a CPU-sized command line, exactly as a user would type it."""
+
+    def build(data: Path, output_dir: Path, steps: int):
+        import tyro
+        from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
+
+        args = ["sahs-fast", "--data", str(data), "--output-dir", str(output_dir), "--vis", "tensorboard"]
+        args += ["--machine.device-type", "cpu", "--max-num-iterations", str(steps)]
+        args += ["--viewer.quit-on-train-completion", "True", "--pipeline.datamanager.train-num-rays-per-batch", "64"]
+        args += ["--pipeline.model.implementation", "torch", "--pipeline.model.num-proposal-samples-per-ray", "8", "8"]
+        args += ["--pipeline.model.num-nerf-samples-per-ray", "8"]
+        for driver in ("audio-field", "expression-field"):
+            args += [f"--pipeline.model.{driver}.implementation", "torch"]
+            args += [f"--pipeline.model.{driver}.log2-hashmap-size", "12"]
+        return tyro.cli(AnnotatedBaseConfigUnion, args=args)
+
+    return build

@@ -243,32 +243,13 @@ def test_viewer_camera_without_metadata_renders():
 
 
 @pytest.mark.parametrize("layout", ["nerface", "adnerf"])
-def test_ns_train_cli_builds_sahs_fast_for_both_layouts(subject_nonsquare, layout, tmp_path):
-    import tyro
-    from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
+def test_ns_train_cli_builds_sahs_fast_for_both_layouts(subject_nonsquare, layout, tmp_path, tiny_sahs_fast_cli):
     from nerfstudio.scripts.train import main as train_main
 
     from sahs_nerfstudio.data.sahs_dataparser import SAHSDataParserConfig
 
     data = subject_nonsquare / layout
-    args = ["sahs-fast", "--data", str(data), "--output-dir", str(tmp_path), "--vis", "tensorboard"]
-    args += ["--machine.device-type", "cpu", "--max-num-iterations", "2", "--viewer.quit-on-train-completion", "True"]
-    args += ["--pipeline.datamanager.train-num-rays-per-batch", "64", "--pipeline.model.implementation", "torch"]
-    args += [
-        "--pipeline.model.num-proposal-samples-per-ray",
-        "8",
-        "8",
-        "--pipeline.model.num-nerf-samples-per-ray",
-        "8",
-    ]
-    for driver in ("audio-field", "expression-field"):
-        args += [
-            f"--pipeline.model.{driver}.implementation",
-            "torch",
-            f"--pipeline.model.{driver}.log2-hashmap-size",
-            "12",
-        ]
-    config = tyro.cli(AnnotatedBaseConfigUnion, args=args)
+    config = tiny_sahs_fast_cli(data, tmp_path, steps=2)
     assert config.method_name == "sahs-fast"
     assert isinstance(config.pipeline.model, SAHSFastModelConfig)
     assert isinstance(config.pipeline.datamanager.dataparser, SAHSDataParserConfig)

@@ -148,30 +148,11 @@ def test_a_second_run_resumes_every_stage(processed):
 
 
 @pytest.mark.parametrize("layout", ["nerface", "adnerf"])
-def test_sahs_fast_trains_on_the_processed_layouts(processed, layout, tmp_path):
-    import tyro
-    from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
+def test_sahs_fast_trains_on_the_processed_layouts(processed, layout, tmp_path, tiny_sahs_fast_cli):
     from nerfstudio.scripts.train import main as train_main
 
     out, _, _ = processed
-    args = ["sahs-fast", "--data", str(out / layout), "--output-dir", str(tmp_path), "--vis", "tensorboard"]
-    args += ["--machine.device-type", "cpu", "--max-num-iterations", "3", "--viewer.quit-on-train-completion", "True"]
-    args += ["--pipeline.datamanager.train-num-rays-per-batch", "64", "--pipeline.model.implementation", "torch"]
-    args += [
-        "--pipeline.model.num-proposal-samples-per-ray",
-        "8",
-        "8",
-        "--pipeline.model.num-nerf-samples-per-ray",
-        "8",
-    ]
-    for driver in ("audio-field", "expression-field"):
-        args += [
-            f"--pipeline.model.{driver}.implementation",
-            "torch",
-            f"--pipeline.model.{driver}.log2-hashmap-size",
-            "12",
-        ]
-    config = tyro.cli(AnnotatedBaseConfigUnion, args=args)
+    config = tiny_sahs_fast_cli(out / layout, tmp_path, steps=3)
     train_main(config)
     assert list((config.get_base_dir() / "nerfstudio_models").glob("*.ckpt"))
 
