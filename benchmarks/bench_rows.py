@@ -10,6 +10,21 @@ from typing import Any
 from bench_config import BenchmarkConfig
 
 
+def _cpu_preset(cfg: BenchmarkConfig, data: Path, steps: int, method: str) -> Any:
+    """The CPU-sized trainer config of ``method`` from :mod:`sahs_nerfstudio.presets` (so the benchmark trains what
+    the presets are tuned to): the demo's (``--preset demo``) or the plain CPU presets (``--preset cpu``)."""
+    from sahs_nerfstudio import presets
+
+    if cfg.preset == "demo":
+        return presets.demo_trainer_config(
+            data, method, train_seconds=cfg.time_budget_s, steps=steps, rays=cfg.rays, output_dir=cfg.output_dir
+        )
+    rays = 1024 if cfg.rays is None else cfg.rays  # None: the CPU presets' own default
+    if method == "sahs-fast":
+        return presets.fast_cpu_trainer_config(data, steps=steps, rays=rays)
+    return presets.cpu_trainer_config(data, steps=steps, rays=rays)
+
+
 def _sahs_config(
     cfg: BenchmarkConfig,
     data: Path,
@@ -18,46 +33,65 @@ def _sahs_config(
     use_warp: bool = True,
     use_hyper: bool = True,
 ):
-    from sahs_nerfstudio.fields.sahs_field import SAHSFieldConfig
-    from sahs_nerfstudio.presets import cpu_model_config, cpu_trainer_config
     from sahs_nerfstudio.sahs_config import _adam, sahs_trainer_config
 
     if cfg.resolved_scale() == "cpu":
-        sizes = cpu_model_config(use_warp=use_warp, use_hyper=use_hyper)
-        config = cpu_trainer_config(data, steps=steps, rays=cfg.rays, model=sizes)
+        config = _cpu_preset(cfg, data, steps, "sahs")
     else:
         config: Any = sahs_trainer_config()
         config.pipeline.datamanager.data = data
         config.pipeline.datamanager.dataparser.data = data  # type: ignore[attr-defined]
-        config.pipeline.datamanager.train_num_rays_per_batch = cfg.rays
-        model = config.pipeline.model
-        model.audio_field = SAHSFieldConfig.for_driver("audio", use_warp=use_warp, use_hyper=use_hyper)  # type: ignore[attr-defined]
-        model.expression_field = SAHSFieldConfig.for_driver("expression", use_warp=use_warp, use_hyper=use_hyper)  # type: ignore[attr-defined]
-        model.audio_attention_start_step = steps // 2  # type: ignore[attr-defined]
+        if cfg.rays is not None:
+            config.pipeline.datamanager.train_num_rays_per_batch = cfg.rays
+        config.pipeline.model.audio_attention_start_step = steps // 2  # type: ignore[attr-defined]
         config.optimizers = {
             "fields": _adam(5e-4, steps),
             "audio_net": _adam(5e-4, steps),
             "audio_attention": _adam(2.5e-3, steps),
         }
+    config.pipeline.model = _switched(config.pipeline.model, use_warp, use_hyper)
     config.pipeline.datamanager.pixel_sampler.mode = sampler  # type: ignore[attr-defined]
     return config
 
 
-def _fast_config(cfg: BenchmarkConfig, data: Path, steps: int, sampler: str = "semantic"):
-    from sahs_nerfstudio.presets import fast_cpu_trainer_config
+def _fast_config(
+    cfg: BenchmarkConfig,
+    data: Path,
+    steps: int,
+    sampler: str = "semantic",
+    use_warp: bool = True,
+    use_hyper: bool = True,
+):
     from sahs_nerfstudio.sahs_config import fast_optimizers, sahs_fast_trainer_config
 
     if cfg.resolved_scale() == "cpu":
-        config = fast_cpu_trainer_config(data, steps=steps, rays=cfg.rays)
+        config = _cpu_preset(cfg, data, steps, "sahs-fast")
     else:
         config: Any = sahs_fast_trainer_config()
         config.pipeline.datamanager.data = data
         config.pipeline.datamanager.dataparser.data = data  # type: ignore[attr-defined]
-        config.pipeline.datamanager.train_num_rays_per_batch = cfg.rays
+        if cfg.rays is not None:
+            config.pipeline.datamanager.train_num_rays_per_batch = cfg.rays
         config.pipeline.model.audio_attention_start_step = steps // 2  # type: ignore[attr-defined]
         config.optimizers = fast_optimizers(steps=steps)
+    config.pipeline.model = _switched(config.pipeline.model, use_warp, use_hyper)
     config.pipeline.datamanager.pixel_sampler.mode = sampler  # type: ignore[attr-defined]
     return config
+
+
+def _switched(model: Any, use_warp: bool, use_hyper: bool) -> Any:
+    """``model`` with the warp / hyper-space switches set on both drivers' fields, everything else (the preset's
+    sizes) kept. ``canonical_code`` is re-resolved: with both off the driving code goes into the canonical field
+    (the NeRFace-style model), otherwise each driver's published choice."""
+    if use_warp and use_hyper:
+        return model
+    fields = {
+        name: dataclasses.replace(
+            getattr(model, name), use_warp=use_warp, use_hyper=use_hyper, canonical_code=None
+        ).resolved()
+        for name in ("audio_field", "expression_field")
+    }
+    return dataclasses.replace(model, **fields)
 
 
 def _stock_datamanager(cfg: BenchmarkConfig, data: Path):
@@ -68,8 +102,8 @@ def _stock_datamanager(cfg: BenchmarkConfig, data: Path):
     return VanillaDataManagerConfig(
         data=data,
         dataparser=SAHSDataParserConfig(data=data),
-        train_num_rays_per_batch=cfg.rays,
-        eval_num_rays_per_batch=cfg.rays,
+        train_num_rays_per_batch=cfg.rays or STOCK_RAYS,
+        eval_num_rays_per_batch=cfg.rays or STOCK_RAYS,
     )
 
 
@@ -126,10 +160,15 @@ ROW_BUILDERS: dict[str, Callable[[BenchmarkConfig, Path, int], Any]] = {
     "sahs-nerface": lambda c, d, s: _sahs_config(c, d, s, use_hyper=False, use_warp=False),
     "sahs-uniform": lambda c, d, s: _sahs_config(c, d, s, sampler="uniform"),
     "sahs-fast-uniform": lambda c, d, s: _fast_config(c, d, s, sampler="uniform"),
+    "sahs-fast-no-warp": lambda c, d, s: _fast_config(c, d, s, use_warp=False),
+    "sahs-fast-no-hyper": lambda c, d, s: _fast_config(c, d, s, use_hyper=False),
+    "sahs-fast-nerface": lambda c, d, s: _fast_config(c, d, s, use_warp=False, use_hyper=False),
     "nerfacto": _nerfacto_config,
     "dnerf": _dnerf_config,
 }
 STOCK_ROWS = ("nerfacto", "dnerf")
+STOCK_RAYS = 1024
+"""Rays a step of the stock rows when ``--rays`` leaves it to the presets (theirs: 1024)."""
 
 
 def near_far(data: Path) -> tuple[float, float]:

@@ -1,4 +1,5 @@
-"""One row in its own process: its own training loop, scored at the step and time budgets, and Stage II."""
+"""One run (a row and a training seed) in its own process: its training loop, scored along the way and at the
+budgets, and Stage II."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import shutil
 import time
 from typing import Any
 
-from bench_config import ROW_NOTES, BenchmarkConfig
+from bench_config import ROW_NOTES, BenchmarkConfig, run_name
 from bench_heldout import HeldOut, sync
 from bench_rows import ROW_BUILDERS, STOCK_ROWS
 
@@ -26,23 +27,33 @@ def _set_schedule_length(trainer, steps: int) -> None:
         model.config.audio_attention_start_step = int(steps) // 2
 
 
-def run_row(cfg: BenchmarkConfig, row: str) -> dict[str, Any]:
+def run_row(cfg: BenchmarkConfig, row: str, seed: int, started: float) -> dict[str, Any]:
+    """Train ``row`` with training seed ``seed``; ``started`` is the process's ``time.perf_counter()`` before its
+    imports (start-up = imports + data + model)."""
     import torch
     from nerfstudio.engine.callbacks import TrainingCallbackLocation
+    from nerfstudio.scripts.train import _set_random_seed
 
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+        try:
+            torch.set_num_interop_threads(cfg.threads)
+        except RuntimeError:  # only settable before the first inter-op parallel work; harmless to keep
+            pass
     device = cfg.resolved_device()
     data = cfg.data_root() / cfg.layout
     lpips_disabled = disable_stock_lpips() if row in STOCK_ROWS else False
-    config = ROW_BUILDERS[row](cfg, data, cfg.equal_steps)
+    # A first guess at the schedule length; the first steps' speed sets the real one (_set_schedule_length).
+    initial_steps = max(cfg.equal_steps, 100)
+    config = ROW_BUILDERS[row](cfg, data, initial_steps)
     config.machine.device_type = device
     config.machine.num_devices = 1
     config.vis = "tensorboard"
     config.output_dir = cfg.output_dir / "runs"
-    config.experiment_name = row
+    config.experiment_name = run_name(row, seed)
+    config.machine.seed = seed
     config.timestamp = "bench"
-    config.max_num_iterations = cfg.equal_steps
+    config.max_num_iterations = initial_steps
     config.save_only_latest_checkpoint = True
     if cfg.resolved_scale() == "cpu" or device == "cpu":
         config.mixed_precision = False
@@ -52,7 +63,9 @@ def run_row(cfg: BenchmarkConfig, row: str) -> dict[str, Any]:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
+    _set_random_seed(seed)  # as ns-train does before building the trainer
     trainer = config.setup(local_rank=0, world_size=1)
+    rays = int(config.pipeline.datamanager.train_num_rays_per_batch)
     trainer.setup(test_mode="test")
     pipeline, model = trainer.pipeline, trainer.pipeline.model
     held_out = HeldOut(data, pipeline.device if isinstance(pipeline.device, str) else str(pipeline.device))
@@ -64,23 +77,30 @@ def run_row(cfg: BenchmarkConfig, row: str) -> dict[str, Any]:
     at_time: dict[str, Any] | None = None
     at_steps: dict[str, Any] | None = None
     train_time = 0.0
+    train_cpu = 0.0
+    eval_time = eval_cpu = 0.0
     step = 0
     probe = (3, 8)  # steps timed to size the learning-rate schedule
     probe_start = 0.0
-    planned_steps = cfg.equal_steps
+    planned_steps = initial_steps
 
     def record(kind: str, frames: int | None) -> dict[str, Any]:
-        metrics = held_out.evaluate(model, frames)
+        nonlocal eval_time, eval_cpu
+        t_eval, c_eval = time.perf_counter(), time.process_time()
+        metrics = held_out.evaluate(model, frames, subset=cfg.curve_frames)
+        eval_time += time.perf_counter() - t_eval
+        eval_cpu += time.process_time() - c_eval
         entry = {"kind": kind, "step": step, "train_time_s": train_time, **metrics}
         curve.append(entry)
         print(f"[{row}] {kind:>10} step {step:6d}  {train_time:8.1f}s  psnr {metrics['psnr']:.2f}", flush=True)
         return entry
 
-    record("start", cfg.curve_frames)
+    # No reading of the untrained model: it is mostly background and says nothing about a row.
+    setup_s, setup_cpu = time.perf_counter() - started, time.process_time()
     give_up = cfg.time_budget_s * cfg.max_time_factor
     while (step < cfg.equal_steps and train_time < give_up) or train_time < cfg.time_budget_s:
         sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         pipeline.train()
         for callback in trainer.callbacks:
             callback.run_callback_at_location(step, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
@@ -89,6 +109,7 @@ def run_row(cfg: BenchmarkConfig, row: str) -> dict[str, Any]:
             callback.run_callback_at_location(step, location=TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
         sync(device)
         train_time += time.perf_counter() - t0
+        train_cpu += time.process_time() - c0
         step += 1
         if not math.isfinite(float(loss.detach())):
             raise FloatingPointError(f"{row}: loss is {float(loss.detach())} at step {step}")
@@ -103,36 +124,47 @@ def run_row(cfg: BenchmarkConfig, row: str) -> dict[str, Any]:
         if at_time is None and train_time >= cfg.time_budget_s:
             at_time = record("time", None)
             curve_times = []
-        while curve_times and train_time >= curve_times[0]:
-            curve_times.pop(0)
+        if curve_times and train_time >= curve_times[0]:
+            # One reading even when a slow step crossed several curve times.
+            while curve_times and train_time >= curve_times[0]:
+                curve_times.pop(0)
             record("curve", cfg.curve_frames)
     assert at_time is not None
-    if at_steps is None:
+    if at_steps is None and cfg.equal_steps:
         print(f"[{row}] stopped after {train_time:.0f} s at step {step} < {cfg.equal_steps}: no equal-steps reading")
 
     if device == "cuda":
         peak_mb, mem_kind = torch.cuda.max_memory_allocated() / 2**20, "CUDA max allocated"
     else:
-        peak_mb, mem_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak RSS of the row process"
+        peak_mb, mem_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak RSS of the run process"
     result: dict[str, Any] = {
         "row": row,
+        "seed": seed,
         "notes": ROW_NOTES.get(row, ""),
         "method_name": config.method_name,
         "num_params": num_params,
         "steps_total": step,
         "train_time_total_s": train_time,
         "planned_schedule_steps": planned_steps,
-        "rays_per_s": step * cfg.rays / train_time,
+        "rays": rays,
+        "rays_per_s": step * rays / train_time,
         "seconds_per_step": train_time / step,
+        "train_cpu_s": train_cpu,
+        "cpu_per_wall": train_cpu / train_time,
+        "setup_s": setup_s,
+        "setup_cpu_s": setup_cpu,
+        "eval_s": eval_time,
+        "eval_cpu_s": eval_cpu,
+        "threads": torch.get_num_threads(),
         "equal_steps": at_steps,
         "equal_time": at_time,
-        "render_fps": (at_steps or at_time)["render_fps"],
+        "render_fps": at_time["render_fps"],
         "peak_memory_mb": peak_mb,
         "memory_kind": mem_kind,
         "lpips_disabled_at_startup": lpips_disabled,
         "curve": curve,
     }
-    if cfg.refine and row in cfg.refine_rows:
+    if cfg.refine and row in cfg.refine_rows and seed == cfg.seeds[0]:
         result["refine"] = run_refinement(cfg, trainer, step)
     return result
 

@@ -9,6 +9,10 @@ A driver is a sequence of raw driving rows, one per output video frame:
   (``.wav``, or anything soundfile reads) turned into windows by the very extractor that made the
   training features (:mod:`sahs_nerfstudio.data.audio`; any sample rate, resampled).
 
+Audio models trained with an eye track (``use_eye``) take one eye closure per frame besides
+(:func:`driving_eyes`): an OpenFace ``au.csv``, the split's own track, eyes held open, or natural
+blinks at a human rate (:func:`sahs_nerfstudio.data.eye.natural_blinks`).
+
 Another subject's file drives a trained subject just the same (cross-reenactment). Every problem
 with the file is a :class:`~sahs_nerfstudio.data.formats.FormatError`: one line naming the file,
 the field, what was expected and what was found.
@@ -27,6 +31,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from sahs_nerfstudio.data import audio as audio_io
+from sahs_nerfstudio.data import eye as eye_io
 from sahs_nerfstudio.data import formats
 from sahs_nerfstudio.data.formats import FormatError
 
@@ -34,6 +39,9 @@ if TYPE_CHECKING:
     from sahs_nerfstudio.models.sahs_model import SAHSModel
 
 DriverKind = Literal["expression", "audio"]
+BlinkMode = Literal["auto", "natural", "open"]
+"""Where a driven video's eyes come from without an eye-track file: ``auto`` (the split's own track when the split
+drives itself, else natural blinks), ``natural`` (always natural blinks) or ``open`` (never blinking)."""
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 AAC_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
 """Sample rates the AAC encoder takes as they are; others are resampled to 48 kHz for the video."""
@@ -293,3 +301,45 @@ def encode_sequence(model: "SAHSModel", seq: DrivingSequence, batch: int = 256) 
         for start in range(0, rows.shape[0], batch):
             codes.append(encoder.encode(rows[start : start + batch]))
     return torch.cat(codes, dim=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Eyes
+
+
+def load_eye_track(path: Path | str, num_frames: int) -> Float[np.ndarray, " T"]:
+    """Eye closures (0 open, 1 shut) of the first ``num_frames`` rows of an OpenFace ``au.csv`` (row ``k`` drives
+    video frame ``k``; a longer file is cut like its audio); a FormatError when it has fewer rows."""
+    path = Path(path)
+    au45 = eye_io.read_au_csv(path)
+    if len(au45) < num_frames:
+        raise FormatError(path, eye_io.AU45_COLUMN, f"a row for each of the {num_frames} video frames", f"{len(au45)}")
+    return eye_io.closure_from_au45(au45[:num_frames])
+
+
+def driving_eyes(
+    num_frames: int,
+    fps: float,
+    eyes: Path | str | None = None,
+    blink: BlinkMode = "auto",
+    seed: int = 0,
+    own: np.ndarray | None = None,
+) -> tuple[Float[np.ndarray, " T"], str]:
+    """One eye closure per video frame and a description of where they came from.
+
+    Args:
+        num_frames: video frames.
+        fps: video frame rate (natural blinks are timed in seconds).
+        eyes: an ``au.csv`` eye track; it wins over ``blink``.
+        blink: without ``eyes`` (see :data:`BlinkMode`).
+        seed: seed of the natural blinks.
+        own: the split's own closures when the split drives itself (``auto`` uses them).
+    """
+    if eyes is not None:
+        return load_eye_track(eyes, num_frames), f"eye track {eyes}"
+    if blink == "open":
+        return np.zeros(num_frames), "eyes open"
+    if blink == "auto" and own is not None and len(own) >= num_frames:
+        return np.asarray(own[:num_frames], dtype=np.float64), "the split's own eye track"
+    track = eye_io.natural_blinks(num_frames, fps, seed)
+    return track, f"natural blinks ({eye_io.BLINKS_PER_MINUTE:g}/min, seed {seed})"

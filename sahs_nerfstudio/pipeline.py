@@ -13,6 +13,9 @@ Data flows model -> pipeline -> data manager:
 * after building the model the pipeline attaches the viewer's "SAHS avatar" panel to it
   (``model.avatar``), where nerfstudio's viewer looks for ``ViewerElement`` attributes.
 
+``ns-eval`` (:meth:`SAHSPipeline.get_average_eval_image_metrics`) also reports the lip-sync metric LMD
+(:mod:`sahs_nerfstudio.utils.face_landmarks`).
+
 It also registers the numpy types of nerfstudio checkpoints with torch's safe loader (every
 checkpoint of a SAHS run is loaded through a pipeline built here) and wraps the model in DDP for
 multi-process CPU runs (:mod:`sahs_nerfstudio.compat`).
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Optional, Type
 
 import torch
@@ -38,6 +42,7 @@ from sahs_nerfstudio.data.semantics import NUM_CLASSES
 from sahs_nerfstudio.models.sahs_model import SAHSModel
 from sahs_nerfstudio.samplers.class_stats import ClassLossEMA, all_reduce_class_stats, class_log_name
 from sahs_nerfstudio.samplers.semantic_sampler import SemanticPixelSampler
+from sahs_nerfstudio.utils.face_landmarks import LipSyncScorer
 from sahs_nerfstudio.viewer.controls import attach_avatar_controls
 
 SAMPLER_STATS = "sampler_stats"
@@ -184,6 +189,27 @@ class SAHSPipeline(VanillaPipeline):
         if sampler is None:
             return callbacks
         return callbacks + SamplerUpdater(self.sampler_stats, self.take_class_losses, sampler).callbacks()
+
+    def get_average_eval_image_metrics(
+        self, step: Optional[int] = None, output_path: Optional[Path] = None, get_std: bool = False
+    ):
+        """nerfstudio's means (``ns-eval``'s JSON) plus LMD: ``lmd``, ``lmd_iod``, ``lmd_frames``, ``lmd_skipped``.
+
+        nerfstudio 1.1.5 averages over the keys of the first image's metrics, so a key that only the images with
+        a face had would fail or be averaged over the wrong frames: the model feeds the renders to a
+        :class:`LipSyncScorer` on the side, which averages over the frames where dlib finds a face in both the
+        render and the ground truth and says once how many it skipped.
+        """
+        model = self.model
+        if not isinstance(model, SAHSModel):
+            return super().get_average_eval_image_metrics(step, output_path, get_std)
+        model.lip_sync = scorer = LipSyncScorer()
+        try:
+            metrics = super().get_average_eval_image_metrics(step, output_path, get_std)
+        finally:
+            model.lip_sync = None
+        metrics.update(scorer.summary(get_std))
+        return metrics
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: Optional[bool] = None):
         return super().load_state_dict(upgrade_state_dict(state_dict), strict)

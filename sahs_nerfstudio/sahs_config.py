@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Type
+from typing import Optional, Type
 
 from nerfstudio.configs.base_config import ViewerConfig
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
@@ -36,6 +36,8 @@ class SAHSTrainerConfig(TrainerConfig):
 
     _target: Type = field(default_factory=lambda: SAHSTrainer)
     """The trainer class nerfstudio instantiates."""
+    max_train_seconds: Optional[float] = None
+    """Stop training once this many wall-clock seconds went into training steps (None: only max-num-iterations)."""
 
     def set_timestamp(self) -> None:
         # ns-train calls this just before launching, when its launcher module is fully imported (this

@@ -10,13 +10,17 @@ Differences from nerfstudio 1.1.5's Trainer, all about checkpoints (training is 
 - a full disk during a periodic save is one warning line and training goes on with the previous
   checkpoint kept; the final save (end of training, Ctrl-C) failing is a FormatError (exit 2);
 - the first Ctrl-C finishes the current step, saves a checkpoint at it and exits with status 130;
-  a second Ctrl-C quits at once without saving.
+  a second Ctrl-C quits at once without saving;
+- ``max_train_seconds`` (on :class:`~sahs_nerfstudio.sahs_config.SAHSTrainerConfig`) ends training like the
+  last step would once that much wall-clock time has gone into training steps (nerfstudio has only a step
+  count): the demo's "10 minutes on 2 cores" whatever the machine's speed.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any, Dict, Literal, Optional
 
@@ -47,6 +51,8 @@ class SAHSTrainer(Trainer):
     _interrupt_requested: bool = False
     _completed_step: Optional[int] = None
     _final_save: bool = False
+    _train_start: Optional[float] = None
+    _out_of_time: bool = False
 
     # ------------------------------------------------------------------------------------------
     # saving
@@ -120,8 +126,15 @@ class SAHSTrainer(Trainer):
     def train_iteration(self, step: int):
         if self._interrupt_requested and self._completed_step is not None:
             raise _Interrupted  # pressed between two steps: the last one is complete
+        if self._train_start is None:
+            self._train_start = time.perf_counter()
         out = super().train_iteration(step)
         self._completed_step = step
+        budget = getattr(self.config, "max_train_seconds", None)
+        if budget is not None and time.perf_counter() - self._train_start >= budget:
+            # nerfstudio's loop checks stop_training before the next step and then saves, as after the last one.
+            self.stop_training = True
+            self._out_of_time = True
         if self._interrupt_requested:
             raise _Interrupted
         return out
@@ -130,6 +143,13 @@ class SAHSTrainer(Trainer):
         # Training is over: Ctrl-C in nerfstudio's "viewer stays open" loop must quit, not save.
         self._restore_sigint()
         self._final_save = True
+        if self._out_of_time and self._completed_step is not None:
+            CONSOLE.print(
+                f"time budget of {getattr(self.config, 'max_train_seconds', None)} s reached after step "
+                f"{self._completed_step}",
+                markup=False,
+            )
+            self.step = self._completed_step  # the loop already advanced to the step it did not run
         super()._after_train()
 
     _previous_sigint: Any = None

@@ -14,6 +14,10 @@ import torch
 torch.set_num_threads(1)
 os.environ["OMP_NUM_THREADS"] = "1"
 
+# nerfstudio 1.1.5's utils.writer imports configs.base_config, which imports utils.writer back: importing the
+# configs first (as nerfstudio's own entry points do) is the order that resolves.
+import nerfstudio.configs.base_config  # noqa: E402, F401
+
 from sahs_nerfstudio.data.synthetic import SyntheticConfig, generate_subject  # noqa: E402
 
 

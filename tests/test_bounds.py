@@ -220,3 +220,38 @@ def test_bad_config_file_is_one_clear_error(adnerf_copy):
         formats.FormatError, match=r"HeadNeRF_config.txt: field 'near': expected a number, found 'close'"
     ):
         _parse(adnerf_copy)
+
+
+@pytest.mark.parametrize("layout", ["nerface", "adnerf"])
+def test_frustum_scene_box_holds_every_sample_and_is_inside_the_camera_cube(wide_subject, layout):
+    cube = SAHSDataParserConfig(data=wide_subject / layout).setup().get_dataparser_outputs("train")
+    outputs = (
+        SAHSDataParserConfig(data=wide_subject / layout, scene_box="frustum").setup().get_dataparser_outputs("train")
+    )
+    box, outer = outputs.scene_box.aabb, cube.scene_box.aabb
+    assert bool((box[0] >= outer[0]).all() and (box[1] <= outer[1]).all())
+    assert float((box[1] - box[0]).prod()) < float((outer[1] - outer[0]).prod())  # the point: a tighter box
+    model = _model(outputs, fast=False)
+    model.eval()
+    cams = outputs.cameras
+    for index in range(len(cams)):
+        w, h = int(cams.width[index, 0]), int(cams.height[index, 0])
+        pixels = torch.tensor([[0, 0], [0, w - 1], [h - 1, 0], [h - 1, w - 1], [h // 2, w // 2]]).float() + 0.5
+        rays = cams.generate_rays(camera_indices=torch.full((5, 1), index, dtype=torch.long), coords=pixels)
+        samples = model.sampler_uniform(model.collider(rays))
+        points = torch.cat(
+            [samples.frustums.get_start_positions(), (rays.origins + rays.directions * rays.fars)[:, None]], 1
+        )
+        # Every sample the camera cube holds (the box it is cut from) lies in the frustum box.
+        in_cube = ((points >= outer[0]) & (points <= outer[1])).all(-1)
+        in_box = ((points >= box[0] - 1e-4) & (points <= box[1] + 1e-4)).all(-1)
+        assert bool(in_box[in_cube].all()) and bool(in_cube.any()), index
+
+
+def test_scene_radius_overrides_the_box_and_must_be_positive(wide_subject):
+    outputs = (
+        SAHSDataParserConfig(data=wide_subject / "nerface", scene_radius=0.3).setup().get_dataparser_outputs("train")
+    )
+    assert torch.allclose(outputs.scene_box.aabb, torch.tensor([[-0.3] * 3, [0.3] * 3]))
+    with pytest.raises(formats.FormatError, match="scene-radius"):
+        SAHSDataParserConfig(data=wide_subject / "nerface", scene_radius=-1.0).setup().get_dataparser_outputs("train")

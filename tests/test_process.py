@@ -84,6 +84,20 @@ def test_jaw_open_channel_follows_the_mouth_warp(processed):
     np.testing.assert_allclose(split.frames[3].expression, codes[3], atol=1e-9)
 
 
+def test_adnerf_eye_track_is_the_codes_eye_channels(processed):
+    from sahs_nerfstudio.data import eye
+    from sahs_nerfstudio.process.expression import EYE_CHANNELS
+
+    out, truth, _ = processed
+    codes = np.load(out / "work" / "expression.npz")["codes"]
+    au45 = eye.read_au_csv(out / "adnerf" / eye.AU_CSV)
+    assert au45.shape == (truth.num_frames,)
+    expected = eye.au45_from_openness(codes[:, list(EYE_CHANNELS)].mean(axis=1))
+    np.testing.assert_allclose(au45, expected, atol=1e-4)
+    # The photograph never blinks: its eyes stay near their usual openness.
+    assert au45.max() < 0.5
+
+
 def test_both_layouts_load_with_sahs_data(processed):
     from sahs_nerfstudio.data.sahs_dataparser import SAHSDataParserConfig
 
@@ -158,7 +172,7 @@ def test_sahs_fast_trains_on_the_processed_layouts(processed, layout, tmp_path, 
 
 
 def test_lmd_removes_each_sets_mean_and_averages_mouth_distances():
-    from sahs_nerfstudio.process.landmarks import lmd
+    from sahs_nerfstudio.utils.face_landmarks import lmd
 
     rng = np.random.default_rng(0)
     target = rng.uniform(0, 100, size=(3, 68, 2))
@@ -179,3 +193,73 @@ def test_decode_resamples_a_faster_video_to_the_target_rate(tmp_path):
     assert info.num_frames == 10 and info.source_frames == 20 and not info.has_audio
     levels = [formats.read_rgb(frame_path(tmp_path / "frames", k)).mean() for k in range(10)]
     np.testing.assert_allclose(levels, [20.0 * k for k in range(10)], atol=3.0)  # frame k shows source frame 2k
+
+
+def test_identical_files_are_written_once_and_linked(processed):
+    """AD-NeRF's ori_imgs is the decoded frame, both layouts hold one mask file, a NeRFace val frame
+    is its test frame: hard links to one file each, with the pixels of the files they stand for."""
+    from sahs_nerfstudio.data import semantics as sem
+
+    out, _, report = processed
+    kept = report["kept_frames"]
+    ori = formats.adnerf_image_path(out / "adnerf", 3, "ori_imgs")
+    assert ori.samefile(out / "work" / "frames" / f"{kept[3]:06d}.jpg")
+    nerface_mask = formats.nerface_mask_path(out / "nerface", "./train/f_0003")
+    assert formats.adnerf_mask_path(out / "adnerf", 3).samefile(nerface_mask)
+    val = formats.read_nerface_split(out / "nerface", "val").frames[0].file_path
+    test = val.replace("./val/", "./test/")
+    assert formats.nerface_image_path(out / "nerface", val).samefile(formats.nerface_image_path(out / "nerface", test))
+    # The fast PNG writer's frames decode to the decoded JPEG's pixels; the mask to its labels' colours.
+    np.testing.assert_array_equal(
+        formats.read_rgb(formats.nerface_image_path(out / "nerface", "./train/f_0003")), formats.read_rgb(ori)
+    )
+    labels = sem.decode_mask(formats.read_rgb(nerface_mask)).labels
+    np.testing.assert_array_equal(formats.read_rgb(nerface_mask), sem.encode_mask(labels))
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 3), (1, 1, 3), (33, 17), (64, 48)])
+def test_fast_png_writer_round_trips_through_pil_and_opencv(tmp_path, shape):
+    import cv2
+    from PIL import Image
+
+    from sahs_nerfstudio.process.images import read_image, write_png
+
+    rgb = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+    path = tmp_path / "x.png"
+    write_png(path, rgb)
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), rgb)
+    via_cv2 = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(via_cv2[..., ::-1] if via_cv2.ndim == 3 else via_cv2, rgb)
+    np.testing.assert_array_equal(read_image(path, grey=len(shape) == 2), rgb)
+
+
+def test_masked_median_is_nanmedian_of_the_valid_samples():
+    import warnings
+
+    from sahs_nerfstudio.process.background import masked_median
+
+    rng = np.random.default_rng(1)
+    for samples in (1, 2, 5, 8):
+        frames = rng.integers(0, 256, size=(samples, 6, 9, 3), dtype=np.uint8)
+        frames[:, 0] = 255  # valid 255s tie with the invalid fill
+        valid = rng.random((samples, 6, 9)) < 0.6
+        valid[:, 1, :3] = False  # never sampled: 0
+        ref = frames.astype(np.float32)
+        ref[~valid] = np.nan
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            expected = np.nan_to_num(np.nanmedian(ref, axis=0))
+        np.testing.assert_array_equal(masked_median(frames, valid), expected)
+
+
+def test_audio_cut_joins_the_kept_frames_spans_and_pads_past_the_end():
+    from sahs_nerfstudio.process.audio import cut_to_frames, silent_tail_note
+
+    samples = np.arange(1, 10 * 640 + 1, dtype=np.float32)  # 10 frames at 25 fps, 16 kHz; no zeros
+    cut, missing = cut_to_frames(samples, 16000, np.array([0, 1, 5, 9, 10]), 25.0)
+    assert len(cut) == 5 * 640 and missing == 640
+    np.testing.assert_array_equal(cut[2 * 640 : 3 * 640], samples[5 * 640 : 6 * 640])
+    np.testing.assert_array_equal(cut[4 * 640 :], 0.0)  # frame 10 is past the track: silence
+    assert silent_tail_note(np.array([0, 9]), 25.0, 0.4) is None
+    note = silent_tail_note(np.array([0, 11]), 25.0, 0.4)
+    assert note is not None and "ends at 0.40 s" in note and "(0.48 s)" in note

@@ -90,7 +90,7 @@ def test_no_audio_writes_the_expression_layout_only(tmp_path, capsys):
 
 def test_frames_without_a_face_short_gaps_filled_long_gaps_dropped(tmp_path, capsys):
     video = tmp_path / "gaps.mp4"
-    n = 50
+    n = 60
     truth = _video(video, n, blank=[(10, 11), (25, 38)])
     assert _process(tmp_path, video, "--min-seconds", "0.5", "--max-gap-seconds", "0.2") == 0
     out = capsys.readouterr().out
@@ -105,6 +105,40 @@ def test_frames_without_a_face_short_gaps_filled_long_gaps_dropped(tmp_path, cap
     mid = points[10:12].mean(axis=1)
     lo, hi = np.minimum(points[9].mean(0), points[12].mean(0)), np.maximum(points[9].mean(0), points[12].mean(0))
     assert np.all(mid >= lo - 1.0) and np.all(mid <= hi + 1.0)
+    _check_audio_follows_the_kept_frames(tmp_path / "out", report["kept_frames"])
+
+
+def _check_audio_follows_the_kept_frames(out: Path, kept: list) -> None:
+    """AD-NeRF's aud.wav is the kept frames' audio in order, aud.npy its features: both align with img_id."""
+    import soundfile
+
+    from sahs_nerfstudio.data.audio import feature_provenance, is_project_extractor, wav_to_features
+
+    full, rate = soundfile.read(str(out / "work" / "audio.wav"), dtype="float32")
+    cut, cut_rate = soundfile.read(str(out / "adnerf" / "aud.wav"), dtype="float32")
+    per_frame = rate // 25
+    assert cut_rate == rate and len(cut) == len(kept) * per_frame
+    for i, k in enumerate(kept):  # kept frame i is heard where it is seen: [i / 25, (i + 1) / 25) s
+        np.testing.assert_array_equal(
+            cut[i * per_frame : (i + 1) * per_frame], full[k * per_frame : (k + 1) * per_frame]
+        )
+    feats = np.load(out / "adnerf" / "aud.npy")
+    assert feats.shape == (len(kept), 16, 29)
+    np.testing.assert_allclose(feats, wav_to_features(out / "adnerf" / "aud.wav", 25.0, len(kept)), atol=1e-6)
+    assert is_project_extractor(feature_provenance(feats, out / "adnerf" / "aud.npy", out / "adnerf" / "aud.wav"))
+    # Past the cut (frames 25-38 dropped), window i still hears kept frame i: it matches the uncut
+    # recording's window at the original frame, not the one at the renumbered index.
+    whole = wav_to_features(out / "work" / "audio.wav", 25.0, max(kept) + 1)
+    # A window hears frames k - 4 .. k + 4 (16 feature frames at 50 Hz), plus half an STFT window.
+    after = [i for i, k in enumerate(kept) if k >= 39 + 5 and k + 5 <= max(kept)]
+    assert after
+
+    def corr(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.corrcoef(a.reshape(-1), b.reshape(-1))[0, 1])
+
+    aligned = np.mean([corr(feats[i], whole[kept[i]]) for i in after])
+    shifted = np.mean([corr(feats[i], whole[i]) for i in after])
+    assert aligned > 0.9 and aligned > shifted + 0.2, (aligned, shifted)
 
 
 def test_no_face_at_all(tmp_path, capsys):

@@ -9,6 +9,7 @@ import sys
 from copy import deepcopy
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -32,6 +33,7 @@ from sahs_nerfstudio.refinement import (
     render_stage_one,
     train_refiner,
 )
+from sahs_nerfstudio.refinement.io import load_image
 from sahs_nerfstudio.scripts import refine as refine_cli
 
 torch.set_num_threads(1)
@@ -41,7 +43,9 @@ H, W = 24, 32
 
 
 def _config(**kwargs) -> RefinerTrainConfig:
-    base = RefinerTrainConfig(network=SMALL, epochs=2, decay_epochs=1, lr=2e-3, num_workers=0, device="cpu")
+    base = RefinerTrainConfig(
+        network=SMALL, epochs=2, decay_epochs=1, lr=2e-3, num_workers=0, device="cpu", patience=None
+    )
     return replace(base, **kwargs)
 
 
@@ -99,6 +103,8 @@ def test_output_has_input_size(size: tuple[int, int], audio: bool) -> None:
 @pytest.mark.parametrize("mode", ["concat", "replace"])
 def test_audio_code_changes_output(mode: str) -> None:
     net = RefinerNetwork(replace(SMALL, audio=True, audio_mode=mode)).eval()
+    assert net.delta is not None
+    torch.nn.init.normal_(net.delta.weight, std=0.1)  # as after training: the zero-initialised correction ignores audio
     render, identity = torch.rand(1, 3, 24, 32), torch.rand(1, 3, 24, 32)
     with torch.no_grad():
         a = net(render, identity, torch.randn(1, 16, 29), clamp=False)
@@ -123,11 +129,12 @@ def test_pad_to_stride() -> None:
     assert pad_to_stride(x0)[0] is x0
 
 
-def test_published_defaults() -> None:
+def test_defaults_and_schedule() -> None:
     cfg = RefinerTrainConfig()
-    assert cfg.network.channels == (64, 128, 256) and cfg.network.spade_hidden == 128
-    assert cfg.lr == 1e-4 and cfg.betas == (0.0, 0.999) and cfg.batch_size == 1
-    assert cfg.total_epochs == 2 * cfg.epochs
+    assert cfg.network.architecture == "residual" and cfg.validation_fraction > 0
+    assert cfg.betas == (0.0, 0.999) and cfg.batch_size == 1
+    assert cfg.total_epochs == cfg.epochs + 2
+    assert replace(cfg, decay_epochs=None).total_epochs == 2 * cfg.epochs  # the published schedule
     assert lr_factor(0, 3, 3) == 1.0 and lr_factor(2, 3, 3) == 1.0
     assert lr_factor(3, 3, 3) == pytest.approx(0.75) and lr_factor(5, 3, 3) == pytest.approx(0.25)
 
@@ -152,8 +159,15 @@ def test_training_lowers_loss(trained: dict) -> None:
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2, 3, 4, 5, 6]
     assert log[-1]["lr"] == pytest.approx(2e-3 / 3)
-    # only the latest checkpoint is kept, and no temporary files are left behind
-    assert [p.name for p in (out / "checkpoints").iterdir()] == ["epoch-0006.ckpt"]
+    # only the latest and the best checkpoint are kept, and no temporary files are left behind
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "epoch-0006.ckpt"]
+    result = trained["result"]
+    assert result.latest_checkpoint.name == "epoch-0006.ckpt" and result.checkpoint.name == "best.ckpt"
+    # validation: the last of the 6 pairs, scored at epoch 0 (the identity) and after every epoch
+    assert json.loads((out / "config.json").read_text())["validation"] == ["5"]
+    assert len(result.val_psnrs) == 7 and [r["val_psnr"] for r in log] == pytest.approx(result.val_psnrs[1:])
+    assert result.best_epoch == int(np.argmax(result.val_psnrs))
+    assert read_checkpoint(result.checkpoint)["epoch"] == result.best_epoch
 
 
 def test_resume_continues_from_saved_epoch(tmp_path: Path) -> None:
@@ -161,11 +175,14 @@ def test_resume_continues_from_saved_epoch(tmp_path: Path) -> None:
     full = train_refiner(renders, gts, tmp_path / "full", _config(), show_progress=False)
     # "interrupted" after the two constant-lr epochs, then resumed with the full schedule
     first = train_refiner(renders, gts, tmp_path / "resumed", _config(decay_epochs=0), show_progress=False)
-    assert first.epochs_run == 2 and find_latest_checkpoint(tmp_path / "resumed").name == "epoch-0002.ckpt"
+    assert first.epochs_run == 2 and first.latest_checkpoint == find_latest_checkpoint(tmp_path / "resumed")
+    assert first.latest_checkpoint is not None and first.latest_checkpoint.name == "epoch-0002.ckpt"
     second = train_refiner(renders, gts, tmp_path / "resumed", _config(), show_progress=False)
     assert second.start_epoch == 2 and second.epochs_run == 1
     assert second.epoch_losses == pytest.approx(full.epoch_losses, rel=1e-5)
-    a, b = read_checkpoint(full.checkpoint)["model"], read_checkpoint(second.checkpoint)["model"]
+    assert second.val_psnrs == pytest.approx(full.val_psnrs, rel=1e-6) and second.best_epoch == full.best_epoch
+    assert full.latest_checkpoint is not None and second.latest_checkpoint is not None
+    a, b = read_checkpoint(full.latest_checkpoint)["model"], read_checkpoint(second.latest_checkpoint)["model"]
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     # already done: nothing to run
     again = train_refiner(renders, gts, tmp_path / "resumed", _config(), show_progress=False)
@@ -229,6 +246,7 @@ def test_audio_variant_trains_and_refines(tmp_path: Path) -> None:
     np.save(aud, np.random.default_rng(0).standard_normal((5, 16, 29)).astype(np.float32))
     cfg = _config(network=replace(SMALL, audio=True), epochs=1, decay_epochs=0)
     result = train_refiner(renders, gts, tmp_path / "out", cfg, audio=aud, show_progress=False)
+    assert result.checkpoint is not None
     written = refine_frames(result.checkpoint, renders, tmp_path / "r", audio=aud, device="cpu", show_progress=False)
     assert len(written) == 3
     with pytest.raises(FormatError, match="'--audio': expected FEATURES.npy .*audio-variant"):
@@ -290,7 +308,7 @@ def test_cli_train_render_eval(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     common = ["--network.channels", "8", "16", "32", "--network.spade-hidden", "16", "--num-workers", "0"]
     args = ["train", "--renders", str(renders), "--ground-truth", str(gts), "--output", str(out), "--epochs", "1"]
-    assert refine_cli.main([*args, *common, "--device", "cpu", "--no-progress"]) == 0
+    assert refine_cli.main([*args, *common, "--decay-epochs", "1", "--device", "cpu", "--no-progress"]) == 0
     ckpt = out / "checkpoints" / "epoch-0002.ckpt"
     assert ckpt.is_file()
     video = tmp_path / "v.mp4"
@@ -357,7 +375,7 @@ def _nerfacto_run(root: Path) -> Path:
     import yaml
     from nerfstudio.configs.method_configs import method_configs
 
-    config = deepcopy(method_configs["nerfacto"])
+    config: Any = deepcopy(method_configs["nerfacto"])
     config.output_dir = root / "outputs"
     config.pipeline.datamanager.data = root / "data"
     path = root / "outputs" / "nerfacto-run" / "config.yml"
@@ -455,3 +473,159 @@ def test_cli_bad_input_is_one_line_and_status_2(
     assert refine_cli.main(args) == 2
     assert expected in _error_line(capsys.readouterr().err)
     assert not (tmp_path / "o" / "checkpoints").exists() and not (tmp_path / "r").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# The residual refiner (default) against the published one, on real photos
+
+
+def _photo_frames(root: Path, blur: float | None, n: int = 6, size: int = 40) -> tuple[Path, Path]:
+    """Crops of scikit-image's astronaut and cat photos, downscaled: sharp ground truth, renders = GT or blurred."""
+    from PIL import ImageFilter
+    from skimage import data
+
+    renders, gts = root / "renders", root / "gt"
+    renders.mkdir(parents=True)
+    gts.mkdir(parents=True)
+    photos = [Image.fromarray(data.astronaut()), Image.fromarray(data.chelsea())]
+    for i in range(n):
+        photo = photos[i % 2]
+        side = min(photo.size) * 2 // 3
+        x0 = (photo.size[0] - side) * (i // 2) // max(1, (n - 1) // 2)
+        crop = photo.crop((x0, 0, x0 + side, side)).resize((size, size), Image.Resampling.LANCZOS)
+        crop.save(gts / f"{i}.png")
+        (crop if blur is None else crop.filter(ImageFilter.GaussianBlur(blur))).save(renders / f"{i}.png")
+    return renders, gts
+
+
+def _mean_psnr(renders: Path, gts: Path, refined: list[Path] | None = None) -> float:
+    paths = refined or sorted(renders.glob("*.png"))
+    return float(np.mean([_psnr(np.asarray(Image.open(p)), np.asarray(Image.open(gts / p.name))) for p in paths]))
+
+
+def test_default_refiner_is_the_identity_before_training() -> None:
+    net = RefinerNetwork(RefinerNetworkConfig()).eval()
+    assert net.config.architecture == "residual"
+    render = torch.rand(1, 3, 20, 28)
+    with torch.no_grad():
+        assert torch.equal(net(render, torch.rand(1, 3, 20, 28)), render)
+    published = RefinerNetwork(RefinerNetworkConfig(architecture="published")).eval()
+    with torch.no_grad():
+        assert (published(render, torch.rand(1, 3, 20, 28)) - render).abs().mean() > 0.05
+    # the published network keeps its own parameter names (old checkpoints load), the residual one adds a skip head
+    names = set(published.state_dict())
+    assert {"out.weight", "out.bias"} <= names and not any(k.startswith(("head.", "delta.")) for k in names)
+    assert "delta.weight" in net.state_dict() and "out.weight" not in net.state_dict()
+
+
+def test_default_refiner_keeps_a_sharp_input_sharp(tmp_path: Path) -> None:
+    """Trained with the defaults on sharp photos as both render and target, the refiner changes almost nothing."""
+    renders, gts = _photo_frames(tmp_path / "data", blur=None, n=8, size=32)
+    result = train_refiner(
+        renders, gts, tmp_path / "out", RefinerTrainConfig(device="cpu", num_workers=0), show_progress=False
+    )
+    assert result.checkpoint is not None
+    refined = refine_frames(result.checkpoint, renders, tmp_path / "refined", device="cpu", show_progress=False)
+    # the render is the target: PSNR before is infinite; after must stay at 8-bit rounding level
+    assert _mean_psnr(renders, gts, refined) >= 45.0
+    # the published network, trained the same way, has to learn to reproduce its input, and does so blurrily
+    published = replace(
+        RefinerTrainConfig(device="cpu", num_workers=0), network=RefinerNetworkConfig(architecture="published")
+    )
+    result = train_refiner(renders, gts, tmp_path / "published", published, show_progress=False)
+    assert result.checkpoint is not None
+    refined = refine_frames(result.checkpoint, renders, tmp_path / "refined_pub", device="cpu", show_progress=False)
+    assert _mean_psnr(renders, gts, refined) < 35.0
+
+
+def test_default_refiner_sharpens_a_blurred_input(tmp_path: Path) -> None:
+    renders, gts = _photo_frames(tmp_path / "data", blur=0.8, n=12, size=32)
+    result = train_refiner(
+        renders, gts, tmp_path / "out", RefinerTrainConfig(device="cpu", num_workers=0), show_progress=False
+    )
+    assert result.checkpoint is not None and result.best_epoch is not None
+    refined = refine_frames(result.checkpoint, renders, tmp_path / "refined", device="cpu", show_progress=False)
+    before, after = _mean_psnr(renders, gts), _mean_psnr(renders, gts, refined)
+    assert after >= before + 1.0, (before, after)  # about +3.7 dB with the defaults
+    # the kept epoch is the best on the validation frame, the identity (epoch 0) included
+    assert result.val_psnrs[result.best_epoch] == max(result.val_psnrs) >= result.val_psnrs[0]
+
+
+def test_published_refiner_is_selectable_from_the_cli_and_loads_old_checkpoints(tmp_path: Path) -> None:
+    renders, gts = _photo_frames(tmp_path / "data", blur=0.8, n=2, size=24)
+    out = tmp_path / "run"
+    args = ["train", "--renders", str(renders), "--ground-truth", str(gts), "--output", str(out), "--epochs", "1"]
+    extra = ["--network.architecture", "published", "--num-workers", "0", "--validation-fraction", "0"]
+    extra += ["--decay-epochs", "1"]
+    assert refine_cli.main([*args, *TINY, *extra]) == 0
+    ckpt = out / "checkpoints" / "epoch-0002.ckpt"
+    state = read_checkpoint(ckpt)
+    assert state["network_config"]["architecture"] == "published" and state["version"] == 2
+    assert load_refiner(ckpt, "cpu").model.out is not None
+    # a checkpoint written before the architecture field existed (version 1) is the published network
+    old = {
+        **state,
+        "version": 1,
+        "network_config": {k: v for k, v in state["network_config"].items() if k != "architecture"},
+    }
+    torch.save(old, tmp_path / "old.ckpt")
+    loaded = load_refiner(tmp_path / "old.ckpt", "cpu")
+    assert loaded.model.config.architecture == "published"
+    image = torch.rand(3, 24, 24)
+    assert torch.equal(loaded.refine(image), load_refiner(ckpt, "cpu").refine(image))
+    written = refine_frames(tmp_path / "old.ckpt", renders, tmp_path / "r", device="cpu", show_progress=False)
+    assert len(written) == 2
+
+
+def test_checkpoint_round_trip_records_the_architecture(trained: dict) -> None:
+    ckpt = trained["result"].checkpoint
+    state = read_checkpoint(ckpt)
+    assert state["network_config"]["architecture"] == "residual"
+    loaded = load_refiner(ckpt, "cpu")
+    net = RefinerNetwork(SMALL)
+    net.load_state_dict(state["model"])
+    net.eval()
+    image = load_image(trained["renders"] / "0.png")
+    with torch.no_grad():
+        assert torch.allclose(loaded.refine(image), net(image[None], state["identity"].float()[None] / 255)[0])
+
+
+def test_run_stage_two_on_a_trained_run(tiny_run_expression: Path, tmp_path: Path) -> None:
+    from sahs_nerfstudio.refinement import run_stage_two
+
+    out = tmp_path / "stage2"
+    (out / "refined").mkdir(parents=True)
+    (out / "refined" / "stale.png").write_bytes(b"left by an earlier run")
+    cfg = _config(epochs=1, decay_epochs=0)
+    report = run_stage_two(tiny_run_expression, out, cfg, show_progress=False)
+    eval_renders, eval_gt = out / "stage1" / "eval" / "renders", out / "stage1" / "eval" / "gt"
+    names = sorted(p.name for p in eval_renders.glob("*.png"))
+    assert names and sorted(p.name for p in (out / "refined").iterdir()) == names  # the stale file is gone
+    assert len(list((out / "stage1" / "train" / "renders").glob("*.png"))) > len(names)
+    assert json.loads((out / "metrics.json").read_text())["results"]["psnr_after"] == report["psnr_after"]
+    assert report["num_images"] == len(names) and report["best_epoch"] in (0, 1)
+    assert report["psnr_before"] == pytest.approx(_mean_psnr(eval_renders, eval_gt), abs=1e-3)
+    refined = sorted((out / "refined").glob("*.png"))
+    assert report["psnr_after"] == pytest.approx(_mean_psnr(eval_renders, eval_gt, refined), abs=1e-3)
+
+
+def test_early_stopping_and_time_budget(tmp_path: Path) -> None:
+    renders, gts = make_pairs(tmp_path / "data", n=4)
+    # a learning rate too small to change anything: no epoch beats the identity, training stops after `patience`
+    # epochs and returns the untrained refiner (epoch 0), i.e. the Stage-I renders unchanged
+    stuck = train_refiner(
+        renders, gts, tmp_path / "stuck", _config(lr=1e-12, epochs=6, patience=2), show_progress=False
+    )
+    assert stuck.epochs_run == 2 and stuck.best_epoch == 0 and stuck.checkpoint is not None
+    assert read_checkpoint(stuck.checkpoint)["epoch"] == 0
+    written = refine_frames(stuck.checkpoint, renders, tmp_path / "r", device="cpu", show_progress=False)
+    assert all(np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(renders / p.name))) for p in written)
+    # a rerun with the same schedule has nothing left to do
+    assert (
+        train_refiner(
+            renders, gts, tmp_path / "stuck", _config(lr=1e-12, epochs=6, patience=2), show_progress=False
+        ).epochs_run
+        == 0
+    )
+    quick = train_refiner(renders, gts, tmp_path / "quick", _config(epochs=6, time_budget_s=1e-6), show_progress=False)
+    assert quick.epochs_run == 1

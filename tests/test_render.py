@@ -271,6 +271,9 @@ def test_cli_renders_and_reports_fps(tiny_run_expression, tmp_path, capsys):
     assert status == 0
     assert _streams(out)["frames"] == 3
     assert "frames/s" in capsys.readouterr().out
+    summary = json.loads(out.with_suffix(".json").read_text())  # the model's rendering alone, per frame
+    assert summary["num_frames"] == 3 and summary["render_fps"] > 0
+    assert summary["render_seconds_per_frame"] == pytest.approx(1.0 / summary["render_fps"])
 
 
 def _cli_error(args: list[str], capsys) -> str:

@@ -23,3 +23,7 @@ The model derives it from :data:`DRIVER`; a caller may set it directly (a driven
 AUDIO_NEIGHBOURS = "audio_neighbours"
 """Audio-table rows of the frame's smoothing window ``[N, 8]`` (float): the windows of the frames at positions
 ``i - 4 .. i + 3`` of its split, -1 where that position is outside the split (an all-zero window, as AD-NeRF)."""
+EYE = "eye"
+"""Eye closure of the frame ``[N, 1]`` in ``[0, 1]`` (0 open, 1 shut), from the AD-NeRF layout's ``au.csv``
+(:mod:`sahs_nerfstudio.data.eye`); present only when the dataset has an eye track. Audio models whose field
+``use_eye`` read it as an extra driving channel."""

@@ -12,7 +12,8 @@ Per-frame conditioning travels in ``Cameras.metadata`` (reaching ``ray_bundle.me
 - ``bg_projection``: a 3x3 matrix taking a world direction to homogeneous normalised image
   coordinates of this camera, so the model can look up the fixed background image for any ray;
 - ``audio_neighbours`` (AD-NeRF): the audio-table rows AudioAttNet smooths the frame over, the frames
-  at positions i-4..i+3 of its split, -1 (an all-zero window) outside it, as AD-NeRF's trainer.
+  at positions i-4..i+3 of its split, -1 (an all-zero window) outside it, as AD-NeRF's trainer;
+- ``eye`` (AD-NeRF with an ``au.csv``): the frame's eye closure, 0 open .. 1 shut (``data/eye.py``).
 
 Bounds (``near``/``far``) are depths along the optical axis (``models/collider.py`` makes them per-ray
 distances); for AD-NeRF they come from ``HeadNeRF_config.txt``/``TorsoNeRF_config.txt`` when present
@@ -36,6 +37,7 @@ from nerfstudio.data.scene_box import SceneBox
 
 from sahs_nerfstudio.data import adnerf_config, formats, keys, validation
 from sahs_nerfstudio.data import audio as audio_io
+from sahs_nerfstudio.data import eye as eye_io
 from sahs_nerfstudio.data.frame_store import LabelSource, read_labels, resize_rgb
 from sahs_nerfstudio.data.pose import pose_code
 
@@ -74,6 +76,12 @@ class SAHSDataParserConfig(DataParserConfig):
     area-averaged, masks nearest-neighbour and the background resized alike when they are read."""
     load_semantics: bool = True
     """Read the 12-class masks (or AD-NeRF's 4-group parsing when those are absent)."""
+    scene_box: Literal["frustum", "cameras"] = "cameras"
+    """Box the grid fields (``sahs-fast``'s hash grids and planes, the proposal grids) cover. ``frustum``: the
+    bounding box of every camera's view between ``near`` and ``far`` (nothing outside it is ever sampled),
+    within ``cameras``; ``cameras``: a cube of half-side the largest camera distance from the origin."""
+    scene_radius: Optional[float] = None
+    """Override: a cube of this half-side around the origin for the scene box (world units)."""
     adnerf_image_folder: str = "com_imgs"
     """AD-NeRF frames to train on: ``com_imgs`` (background replaced by ``bc.jpg``) as AD-NeRF does."""
 
@@ -92,6 +100,8 @@ class FrameRecord:
     label_source: LabelSource
     audio_neighbours: Tuple[int, ...] = ()
     """Audio-table rows of the smoothing window (positions i-4..i+3 in the split; -1 = zero window)."""
+    eye: Optional[float] = None
+    """Eye closure (0 open, 1 shut) from the dataset's ``au.csv``; None without one."""
 
 
 @dataclass
@@ -217,6 +227,10 @@ def _read_adnerf(root: Path, split: str, config: SAHSDataParserConfig) -> SplitR
     positions = audio_io.smoothing_positions(torch.arange(len(frames)), len(frames)).tolist()
     for fr, pos in zip(frames, positions, strict=True):
         fr.audio_neighbours = tuple(frames[p].audio_index if p >= 0 else -1 for p in pos)
+    eyes = eye_io.read_eye_track(root, [fr.img_id for fr in data.frames])
+    if eyes is not None:
+        for fr, closure in zip(frames, eyes.tolist(), strict=True):
+            fr.eye = closure
     if split != "train":
         frames = frames[:: _testskip(root, config)]
     return SplitRecord(
@@ -259,6 +273,28 @@ def background_projection(
     flip = torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=c2w.dtype, device=c2w.device))
     m = k @ flip @ c2w[:, :3, :3].transpose(-1, -2)
     return m.reshape(n, 9)
+
+
+def frustum_corners(
+    c2w: Float[torch.Tensor, "N 3 4"],
+    fx: Float[torch.Tensor, " N"],
+    fy: Float[torch.Tensor, " N"],
+    cx: Float[torch.Tensor, " N"],
+    cy: Float[torch.Tensor, " N"],
+    width: Float[torch.Tensor, " N"],
+    height: Float[torch.Tensor, " N"],
+    near: float,
+    far: float,
+) -> Float[torch.Tensor, "N 8 3"]:
+    """World positions of each view's image corners at axis depths ``near`` and ``far`` (nerfstudio's camera:
+    ``d_cam = ((u - cx)/fx, -(v - cy)/fy, -1)``; the sign of a focal only permutes the corners)."""
+    n = c2w.shape[0]
+    u = torch.stack([torch.zeros_like(width), width, torch.zeros_like(width), width], dim=-1).expand(n, 4)
+    v = torch.stack([torch.zeros_like(height), torch.zeros_like(height), height, height], dim=-1).expand(n, 4)
+    d = torch.stack([(u - cx[:, None]) / fx[:, None], -(v - cy[:, None]) / fy[:, None], -torch.ones_like(u)], dim=-1)
+    depths = torch.tensor([near, far], dtype=d.dtype)
+    cam = (d[:, None] * depths[None, :, None, None]).reshape(n, 8, 3)
+    return cam @ c2w[:, :3, :3].transpose(-1, -2) + c2w[:, None, :3, 3]
 
 
 def cameras_background_projection(cameras: Cameras) -> Float[torch.Tensor, "N 9"]:
@@ -336,6 +372,8 @@ class SAHSDataParser(DataParser):
         }
         if rec.driver_kind == "audio":
             metadata[keys.AUDIO_NEIGHBOURS] = torch.tensor([list(f.audio_neighbours) for f in rec.frames]).float()
+        if all(f.eye is not None for f in rec.frames):
+            metadata[keys.EYE] = torch.tensor([[f.eye] for f in rec.frames], dtype=torch.float32)
         cameras = Cameras(
             camera_to_worlds=c2w,
             fx=col(fx),
@@ -350,8 +388,7 @@ class SAHSDataParser(DataParser):
         )
 
         near, far, bounds_source = self._near_far(layout)
-        radius = float(c2w[:, :3, 3].norm(dim=-1).max())
-        scene_box = SceneBox(aabb=torch.tensor([[-radius] * 3, [radius] * 3], dtype=torch.float32))
+        scene_box = SceneBox(aabb=self._scene_aabb(c2w, (col(fx), col(fy), col(cx), col(cy), width, height), near, far))
         background = formats.read_rgb(rec.background, "background")
         if background.shape[:2] != (rec.height, rec.width):
             raise formats.FormatError(
@@ -376,6 +413,7 @@ class SAHSDataParser(DataParser):
             "bounds_source": bounds_source,
             "audio_provenance": rec.audio_provenance,
             "audio_neighbours": metadata.get(keys.AUDIO_NEIGHBOURS),
+            keys.EYE: metadata.get(keys.EYE),
             "downscale_factor": int(self.config.downscale_factor),
             "face_rects": rects,
             "label_paths": [f.label_path for f in rec.frames],
@@ -410,6 +448,28 @@ class SAHSDataParser(DataParser):
             cx = (rec.cx + 0.5) * width / rec.width - 0.5
             cy = (rec.cy + 0.5) * height / rec.height - 0.5
         return (width, height), fx, fy, cx, cy
+
+    def _scene_aabb(
+        self,
+        c2w: Float[torch.Tensor, "N 3 4"],
+        intrinsics: Tuple[torch.Tensor, ...],
+        near: float,
+        far: float,
+    ) -> Float[torch.Tensor, "2 3"]:
+        """``[[min xyz], [max xyz]]`` of the scene box the config asks for."""
+        if self.config.scene_radius is not None:
+            r = self.config.scene_radius
+            if not (math.isfinite(r) and r > 0):
+                raise formats.FormatError(self.config.data, "--scene-radius", "a positive number", str(r))
+            return torch.tensor([[-r] * 3, [r] * 3], dtype=torch.float32)
+        radius = float(c2w[:, :3, 3].norm(dim=-1).max())
+        cube = torch.tensor([[-radius] * 3, [radius] * 3], dtype=torch.float32)
+        if self.config.scene_box == "cameras":
+            return cube
+        flat = [torch.as_tensor(v, dtype=torch.float32).reshape(-1) for v in intrinsics]
+        corners = frustum_corners(c2w[:, :3].float(), *flat, near=near, far=far)
+        box = torch.stack([corners.amin(dim=(0, 1)), corners.amax(dim=(0, 1))])
+        return torch.stack([torch.maximum(box[0], cube[0]), torch.minimum(box[1], cube[1])])
 
     def _near_far(self, layout: formats.Layout) -> Tuple[float, float, str]:
         """Bounds (depths along the optical axis) and where they came from; flags override."""

@@ -5,6 +5,14 @@ point ``x``, the driving code ``a`` (``ray_samples.metadata["driving_code"]`` ``
 expression, or the audio network's output) and the raw head-pose code ``p`` (``["pose"]`` ``[N, 1, 6]``; the
 field applies PE3 itself), and return the same outputs. Only the function from points to outputs differs:
 :meth:`SAHSFieldBase.forward_points`.
+
+The eye channel (``use_eye``, audio models): audio does not say when a person blinks, so the frame's eye closure
+``e`` (``["eye"]`` ``[N, 1, 1]``, 0 open .. 1 shut, from the dataset's ``au.csv``) moves the driving code along a
+learned direction, ``a' = a + e * v`` (:attr:`SAHSFieldBase.eye_code`), in :meth:`SAHSFieldBase.conditioning`.
+Every network first multiplies the code by a matrix ``W``, so this is an extra input column ``W v`` for ``e``: the
+networks keep their sizes (no field needs a change) and ``v`` starts at zero, so a new model starts as the eye-less
+one and draws no extra random numbers (the rest of its initialisation is that of a model without the eye). The
+expression driver leaves it off: its code already holds eye-openness channels.
 """
 
 from __future__ import annotations
@@ -14,11 +22,12 @@ from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Generic, Literal, Self, TypeVar
 
+import torch
 from jaxtyping import Float
 from nerfstudio.cameras.rays import RaySamples
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.fields.base_field import Field, FieldConfig
-from torch import Tensor
+from torch import Tensor, nn
 
 from sahs_nerfstudio.data import keys
 from sahs_nerfstudio.data.pose import POSE_DIM
@@ -67,11 +76,36 @@ class SAHSConditioningConfig(FieldConfig):
     audio, and True whenever both ``use_warp`` and ``use_hyper`` are off (a NeRFace / AD-NeRF style model)."""
     num_ambient_dims: int | None = None
     """Hyper-space dimensions output by the deformation. None: 2 for audio, 1 for expression."""
+    use_eye: bool | None = None
+    """Condition on the frame's eye closure (``au.csv``, 0 open .. 1 shut; see the module docstring), so the avatar
+    blinks on demand. None ("auto"): the model decides from its training data (:meth:`with_eye_track`): on for the audio
+    driver when the data has an eye track, off otherwise (the expression code has eye channels of its own); a field
+    built directly from an undecided config takes no eye. A config saved before this option existed loads with it
+    off, so its checkpoint still fits."""
     pose_frequencies: int = 3
     """Frequencies of the pose encoding (no raw input): 6 * 3 * 2 = 36 values."""
     deformation_init_scale: float = 1e-4
     """Uniform bound of the deformation's output-layer weights (biases 0) so training starts from the identity
     warp and ``w ~ 0`` (HyperNeRF's practice; the published code does not say). <= 0 keeps PyTorch's default."""
+
+    def __setstate__(self, state: dict) -> None:
+        # PyYAML and pickle restore a saved config through here: one written before ``use_eye`` existed lacks it,
+        # and its checkpoint's networks have no eye input, so it means off (not the driver's default).
+        state = dict(state)
+        state.setdefault("use_eye", False)
+        self.__dict__.update(state)
+
+    def with_eye_track(self, has_track: bool) -> Self:
+        """This config with ``use_eye`` decided for training data that has (or lacks) an eye track.
+
+        ``None`` becomes True exactly for the audio driver with a track. True without a track is a ValueError
+        (there is nothing to condition on); False stays False.
+        """
+        if self.use_eye is None:
+            return dataclasses.replace(self, use_eye=self.driver == "audio" and has_track)
+        if self.use_eye and not has_track:
+            raise ValueError("use_eye is on but the training data has no eye track (an au.csv in the AD-NeRF layout).")
+        return self
 
     @classmethod
     def for_driver(cls, driver: Driver, **overrides) -> Self:
@@ -127,6 +161,11 @@ class SAHSFieldBase(Field, Generic[ConfigT]):
         super().__init__()
         self.config: ConfigT = config.resolved()
         self.density_noise_std = density_noise_std
+        # Zeros, not a random init: the model starts as the eye-less one and the global RNG is not touched.
+        self.eye_code: nn.Parameter | None = (
+            nn.Parameter(torch.zeros(self.config.code_dim)) if self.config.use_eye else None
+        )
+        """Direction ``v`` of the driving code a fully closed eye moves it by (``use_eye`` only), learned."""
 
     @abstractmethod
     def forward_points(
@@ -153,7 +192,8 @@ class SAHSFieldBase(Field, Generic[ConfigT]):
         """
 
     def conditioning(self, ray_samples: RaySamples) -> tuple[Tensor, Tensor | None]:
-        """Driving code and pose from the samples' metadata (pose only when this field uses it)."""
+        """The code the networks read (the driving code, moved by the eye closure when ``use_eye``) and the pose (only
+        when this field uses it), from the samples' metadata. Every path to the networks goes through here."""
         name = type(self).__name__
         metadata = ray_samples.metadata or {}
         if keys.DRIVING_CODE not in metadata:
@@ -161,7 +201,17 @@ class SAHSFieldBase(Field, Generic[ConfigT]):
         pose = metadata.get(keys.POSE) if self.config.use_pose else None
         if self.config.use_pose and pose is None:
             raise KeyError(f"This {name} uses the pose: ray_samples.metadata[{keys.POSE!r}] is missing.")
-        return metadata[keys.DRIVING_CODE], pose
+        return self.with_eye(metadata[keys.DRIVING_CODE], metadata.get(keys.EYE)), pose
+
+    def with_eye(
+        self, code: Float[Tensor, "*cbs code_dim"], eye: Float[Tensor, "*cbs 1"] | None
+    ) -> Float[Tensor, "*cbs code_dim"]:
+        """``code + eye * eye_code`` when this field takes the eye (``code`` unchanged otherwise)."""
+        if self.eye_code is None:
+            return code
+        if eye is None:
+            raise KeyError(f"This {type(self).__name__} takes the eye channel: metadata[{keys.EYE!r}] is missing.")
+        return code + eye.to(code) * self.eye_code.to(code)
 
     def _noise_std(self, density_noise_std: float | None) -> float:
         if density_noise_std is not None:

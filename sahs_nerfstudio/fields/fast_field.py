@@ -323,8 +323,20 @@ class SAHSFastField(SAHSFieldBase[SAHSFastFieldConfig]):
         """
         if density_noise_std != 0.0:
             raise ValueError("SAHSFastField has no density noise (its density_noise_std is 0).")
+        out = self.density_points(positions, code, pose)
+        if directions is not None:
+            out.update(self.head_points(out["feat"], directions))
+        return out
+
+    def density_points(
+        self,
+        positions: Float[Tensor, "*bs 3"],
+        code: Float[Tensor, "*cbs code_dim"],
+        pose: Float[Tensor, "*cbs pose_dim"] | None = None,
+    ) -> dict[str, Tensor]:
+        """The density half of :meth:`forward_points` (deformation, canonical grid and planes, density MLP): every
+        output but ``"rgb"`` and ``"semantics"``. The fast renderer calls it on the samples it keeps."""
         cfg = self.config
-        batch_shape = positions.shape[:-1]
         pose_enc = None
         if self.pose_encoding is not None:
             if pose is None:
@@ -344,7 +356,7 @@ class SAHSFastField(SAHSFieldBase[SAHSFastFieldConfig]):
         h = self.density_mlp(torch.cat(parts, dim=-1), cond_parts[0] if cond_parts else None)
         raw, feat = h[..., :1], h[..., 1:]
         density = trunc_exp(raw + cfg.density_bias) * inside
-        out: dict[str, Tensor] = {
+        return {
             "density": density,
             "density_raw": raw,
             "feat": feat,
@@ -352,14 +364,20 @@ class SAHSFastField(SAHSFieldBase[SAHSFastFieldConfig]):
             AMBIENT_KEY: ambient,
             "offset": offset,
         }
-        if directions is not None:
-            dirs = directions.expand(*batch_shape, 3)
-            if self.direction_encoding.tcnn_encoding is not None:
-                dirs = (dirs + 1.0) / 2.0  # tcnn's SH encoding reads directions mapped to [0, 1]
-            d_enc = self.direction_encoding(dirs.reshape(-1, 3)).reshape(*batch_shape, -1).to(feat.dtype)
-            rgb_in = torch.cat([feat, d_enc], dim=-1)
-            out["rgb"] = self.colour_mlp(rgb_in.reshape(-1, rgb_in.shape[-1])).reshape(*batch_shape, 3).float()
-            if self.semantic_mlp is not None:
-                logits = self.semantic_mlp(feat.reshape(-1, feat.shape[-1]))
-                out["semantics"] = logits.reshape(*batch_shape, -1).float()
+
+    def head_points(
+        self, feat: Float[Tensor, "*bs geo_feat_dim"], directions: Float[Tensor, "*dbs 3"]
+    ) -> dict[str, Tensor]:
+        """The colour and semantic heads of :meth:`forward_points`: ``"rgb"`` and (when on) ``"semantics"`` logits
+        from the geometry features and unit view directions (broadcastable to ``feat``'s batch shape)."""
+        batch_shape = feat.shape[:-1]
+        dirs = directions.expand(*batch_shape, 3)
+        if self.direction_encoding.tcnn_encoding is not None:
+            dirs = (dirs + 1.0) / 2.0  # tcnn's SH encoding reads directions mapped to [0, 1]
+        d_enc = self.direction_encoding(dirs.reshape(-1, 3)).reshape(*batch_shape, -1).to(feat.dtype)
+        rgb_in = torch.cat([feat, d_enc], dim=-1)
+        out = {"rgb": self.colour_mlp(rgb_in.reshape(-1, rgb_in.shape[-1])).reshape(*batch_shape, 3).float()}
+        if self.semantic_mlp is not None:
+            logits = self.semantic_mlp(feat.reshape(-1, feat.shape[-1]))
+            out["semantics"] = logits.reshape(*batch_shape, -1).float()
         return out

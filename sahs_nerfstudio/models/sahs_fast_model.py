@@ -10,7 +10,9 @@ metrics. What changes:
   planes for the hyper-space, small MLPs) instead of two 8x256 MLP NeRFs;
 * one field level rendered at samples placed by nerfstudio's proposal networks (``HashMLPDensityField``,
   unconditioned: they learn an envelope of the density over all expressions) instead of coarse + fine, with
-  nerfacto's interlevel and distortion losses.
+  nerfacto's interlevel and distortion losses;
+* images outside training (evaluation, the viewer, ``sahs-render``) go through the pruned renderer of
+  :mod:`~sahs_nerfstudio.models.fast_render` (``render.enabled``; off: the training renderer, the reference).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.fields.density_fields import HashMLPDensityField
 from nerfstudio.model_components.losses import distortion_loss, interlevel_loss
 from nerfstudio.model_components.ray_samplers import ProposalNetworkSampler, UniformSampler
@@ -30,7 +33,9 @@ from torch.nn import Parameter
 
 from sahs_nerfstudio.compat.encodings import use_fast_torch_hashing
 from sahs_nerfstudio.data.semantics import colorize
+from sahs_nerfstudio.fields.base import AMBIENT_KEY, DEFORMATION_KEY
 from sahs_nerfstudio.fields.fast_field import SAHSFastField, SAHSFastFieldConfig
+from sahs_nerfstudio.models.fast_render import FastRenderConfig, culled_image_outputs, march
 from sahs_nerfstudio.models.sahs_model import SAHSBaseModelConfig, SAHSModel
 
 
@@ -78,6 +83,12 @@ class SAHSFastModelConfig(SAHSBaseModelConfig):
     """Weight of mip-NeRF 360's distortion loss on the field's weights."""
     implementation: Literal["tcnn", "torch"] = "tcnn"
     """Implementation of the proposal networks' grids/MLPs (the field has its own ``implementation``)."""
+    render: FastRenderConfig = field(default_factory=FastRenderConfig)
+    """How images are rendered outside training (the pruned renderer and its error bounds)."""
+
+    def __setstate__(self, state: dict) -> None:
+        # PyYAML restores a saved config through here: one written before ``render`` existed renders as now.
+        self.__dict__.update({"render": FastRenderConfig(), **state})
 
 
 class SAHSFastModel(SAHSModel):
@@ -153,24 +164,66 @@ class SAHSFastModel(SAHSModel):
         )
         return callbacks
 
+    def fast_rendering(self) -> bool:
+        """Whether rays go through the pruned renderer now (outside training, without gradients, when enabled)."""
+        return self.config.render.enabled and not self.training and not torch.is_grad_enabled()
+
     def get_outputs(self, ray_bundle: RayBundle) -> dict[str, Tensor]:  # type: ignore[override]
         bg_rgb = self.prepare_rays(ray_bundle)  # driving code + pose per ray, background colour (as sahs)
 
         ray_samples, weights_list, ray_samples_list = self.proposal_sampler(ray_bundle, density_fns=self.density_fns)
-        level, weights = self._render_level(self.field, ray_samples, bg_rgb, ray_bundle.fars)
+        if self.fast_rendering():
+            outs, weights = march(self.field, ray_samples, self.config.render)
+            level = self.composite(ray_samples, outs, weights, bg_rgb, ray_bundle.fars)
+        else:
+            level, weights = self._render_level(self.field, ray_samples, bg_rgb, ray_bundle.fars)
         weights_list.append(weights)
         ray_samples_list.append(ray_samples)
+        outputs = self.with_images(level)
+        if self.training:
+            outputs["weights_list"] = weights_list
+            outputs["ray_samples_list"] = ray_samples_list
+        return outputs
 
+    def with_images(self, level: dict[str, Tensor]) -> dict[str, Any]:
+        """A level's per-ray outputs plus the colour images made from them (semantic classes, hyper-space)."""
         outputs: dict[str, Any] = dict(level)
         if "semantics_probs" in level:
             outputs["semantics"] = colorize(level["semantics_probs"].argmax(dim=-1))
         if "ambient" in level:
             amb = level["ambient"] * 0.5 + 0.5  # the fast field's w is already in (-1, 1)
             outputs["ambient_image"] = torch.cat([amb, amb[:, :1], torch.full_like(amb[:, :1], 0.5)], dim=-1)[:, :3]
-        if self.training:
-            outputs["weights_list"] = weights_list
-            outputs["ray_samples_list"] = ray_samples_list
         return outputs
+
+    def background_outputs(self, ray_bundle: RayBundle) -> dict[str, Tensor]:
+        """What an empty ray renders (the background, its label, depth at the far bound), as :meth:`forward`'s."""
+        if self.collider is not None:
+            ray_bundle = self.collider(ray_bundle)
+        bg_rgb = self.prepare_rays(ray_bundle)
+        assert ray_bundle.fars is not None
+        samples = ray_bundle.get_ray_samples(bin_starts=ray_bundle.fars[:, None], bin_ends=ray_bundle.fars[:, None])
+        n = len(ray_bundle)
+        zeros = bg_rgb.new_zeros
+        outs: dict = {
+            FieldHeadNames.RGB: zeros(n, 1, 3),
+            DEFORMATION_KEY: zeros(n, 1, 1),
+            AMBIENT_KEY: zeros(n, 1, self.field.num_ambient),
+        }
+        if self.field.semantic_mlp is not None:
+            outs[FieldHeadNames.SEMANTICS] = zeros(n, 1, self.field.config.num_classes)
+        level = self.composite(samples, outs, zeros(n, 1, 1), bg_rgb, ray_bundle.fars)
+        return self.with_images(level)
+
+    def get_outputs_for_camera_ray_bundle(self, camera_ray_bundle: RayBundle) -> dict[str, Tensor]:
+        if not self.fast_rendering():
+            return super().get_outputs_for_camera_ray_bundle(camera_ray_bundle)
+        return culled_image_outputs(
+            camera_ray_bundle.to(self.device),
+            self.forward,  # type: ignore[arg-type]
+            self.background_outputs,
+            self.config.eval_num_rays_per_chunk,
+            self.config.render,
+        )
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> dict[str, Tensor]:
         losses = super().get_loss_dict(outputs, batch, metrics_dict)

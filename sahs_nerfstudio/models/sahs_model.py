@@ -37,6 +37,7 @@ from sahs_nerfstudio.fields.sahs_field import SAHSField, SAHSFieldConfig
 from sahs_nerfstudio.models.camera_outputs import display_outputs
 from sahs_nerfstudio.models.collider import AxisDepthCollider
 from sahs_nerfstudio.models.run_record import AUDIO_PROVENANCE, RunRecord
+from sahs_nerfstudio.utils.face_landmarks import LipSyncScorer
 from sahs_nerfstudio.utils.metrics import image_metrics, make_lpips, psnr
 
 EPS = 1e-8
@@ -100,9 +101,14 @@ class SAHSModel(Model):
     train_drivers: Tensor
     train_audio_index: Tensor
     train_audio_neighbours: Tensor
+    train_eye: Tensor
     trained_steps: Tensor
     class_loss_sum: Tensor
     class_loss_count: Tensor
+    lip_sync: Optional[LipSyncScorer] = None
+    """Set by whoever averages over a whole split (:meth:`SAHSPipeline.get_average_eval_image_metrics`):
+    :meth:`get_image_metrics_and_images` then also feeds it each render for LMD (dlib, ~20 ms per image), which
+    per-step eval images skip."""
 
     # ------------------------------------------------------------------------------------------
     # Setup
@@ -126,6 +132,11 @@ class SAHSModel(Model):
             self.collider = AxisDepthCollider(near_plane=self.near, far_plane=self.far)
 
         self.field_config = self.config.audio_field if self.driver_kind == "audio" else self.config.expression_field
+        # The eye channel (fields/base.py ``use_eye``): decided by whether the training data has an eye track.
+        eye = meta.get(keys.EYE)
+        self.field_config = self.field_config.with_eye_track(eye is not None)
+        self.uses_eye = bool(self.field_config.use_eye)
+        self.register_buffer("train_eye", eye if eye is not None else torch.zeros(0, 1), persistent=False)
         self.build_renderer()
 
         self.audio_encoder: Optional[AudioEncoder] = None
@@ -293,6 +304,18 @@ class SAHSModel(Model):
     ) -> Tuple[Dict[str, Tensor], Float[Tensor, "N S 1"]]:
         outs = field(ray_samples)
         weights = ray_samples.get_weights(outs[FieldHeadNames.DENSITY])
+        return self.composite(ray_samples, outs, weights, bg_rgb, bg_depth), weights
+
+    def composite(
+        self,
+        ray_samples: RaySamples,
+        outs: Dict,
+        weights: Float[Tensor, "N S 1"],
+        bg_rgb: Float[Tensor, "N 3"],
+        bg_depth: Optional[Float[Tensor, "N 1"]] = None,
+    ) -> Dict[str, Tensor]:
+        """One level's per-ray outputs from the field's per-sample ones (``outs``, keyed like ``field(...)``), with
+        the background at infinity taking the leftover transmittance in colour, depth and class."""
         acc = weights.sum(dim=-2)
         leftover = (1.0 - acc).clamp(min=0.0)
         rgb = (weights * outs[FieldHeadNames.RGB]).sum(dim=-2) + leftover * bg_rgb
@@ -312,7 +335,7 @@ class SAHSModel(Model):
         ambient = outs[AMBIENT_KEY]
         if ambient.shape[-1] > 0:
             level["ambient"] = (weights * ambient).sum(dim=-2)
-        return level, weights
+        return level
 
     def prepare_rays(self, ray_bundle: RayBundle) -> Float[Tensor, "N 3"]:
         """Put the per-ray driving code and pose in ``ray_bundle.metadata``; return the background colour."""
@@ -321,6 +344,8 @@ class SAHSModel(Model):
         metadata[keys.DRIVING_CODE] = self._driving_code_for_rays(metadata)
         if keys.POSE not in metadata:
             metadata[keys.POSE] = torch.zeros(n, POSE_DIM, device=self.device)
+        if self.uses_eye and keys.EYE not in metadata:
+            metadata[keys.EYE] = torch.zeros(n, 1, device=self.device)  # eyes open
         ray_bundle.metadata = metadata
         return self._background_rgb(ray_bundle)
 
@@ -353,6 +378,8 @@ class SAHSModel(Model):
             keys.POSE: meta[keys.POSE] if keys.POSE in meta else self.pose_for_camera(cams),
             keys.BG_PROJECTION: cameras_background_projection(cams).to(cams.camera_to_worlds),
         }
+        if self.uses_eye:
+            new_meta[keys.EYE] = self.eye_for_camera(cams, meta)
         render_cam = Cameras(
             camera_to_worlds=cams.camera_to_worlds,
             fx=cams.fx,
@@ -387,6 +414,17 @@ class SAHSModel(Model):
             return code
         frame = self.frame_for_time(None if cams.times is None else float(cams.times.flatten()[0]))
         return self.training_frame_code(frame)
+
+    def eye_for_camera(self, cams: Cameras, meta: Dict[str, Tensor]) -> Float[Tensor, "1 1"]:
+        """The camera's eye closure, else the viewer panel's, else that of the training frame nearest its time."""
+        if keys.EYE in meta:
+            return meta[keys.EYE].to(self.device)
+        avatar = getattr(self, "avatar", None)
+        eye = None if avatar is None else avatar.eye(self)
+        if eye is not None:
+            return eye
+        frame = self.frame_for_time(None if cams.times is None else float(cams.times.flatten()[0]))
+        return self.train_eye[frame : frame + 1]
 
     def training_frame_code(self, frame: int) -> Float[Tensor, "1 code"]:
         """The driving code of training frame ``frame``, smoothed over its own training-set neighbours."""
@@ -462,6 +500,8 @@ class SAHSModel(Model):
         metrics = image_metrics(rgb, image, labels, pred_labels, mouth=face_rect, lpips=self.lpips)
         if "rgb_coarse" in outputs:
             metrics["psnr_coarse"] = float(psnr(outputs["rgb_coarse"], image))
+        if self.lip_sync is not None:
+            self.lip_sync.add(rgb, image)
         images = {"img": torch.cat([image, rgb], dim=1)}
         images["depth"] = colormaps.apply_depth_colormap(
             outputs["depth"], accumulation=outputs["accumulation"], near_plane=self.near, far_plane=self.far

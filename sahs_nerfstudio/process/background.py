@@ -8,14 +8,13 @@ every ``stride``-th kept frame, and pixels never sampled copy the nearest sample
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Callable, List, Tuple
 
 import numpy as np
 from jaxtyping import Bool, Float, UInt8
 
-from sahs_nerfstudio.process.template import JAW, LEFT_BROW, RIGHT_BROW
+from sahs_nerfstudio.utils.face_landmarks import JAW, LEFT_BROW, RIGHT_BROW
 
 
 @dataclass
@@ -87,6 +86,22 @@ class BackgroundModel:
     """Pixels that were sampled (the rest copy the nearest sampled pixel)."""
 
 
+def masked_median(frames: UInt8[np.ndarray, "S H W 3"], valid: Bool[np.ndarray, "S H W"]) -> Float[np.ndarray, "H W 3"]:
+    """Per pixel and channel, the median of the ``valid`` samples (0 where none), as ``np.nanmedian``.
+
+    Invalid samples are set to 255 and everything is sorted: they land after every valid sample (or
+    among valid 255s, the same value), so the first ``count`` sorted values are the valid ones. On
+    uint8 this is ~10x faster than ``nanmedian`` on float NaNs.
+    """
+    stack = np.where(valid[..., None], frames, np.uint8(255))
+    ordered = np.sort(np.moveaxis(stack, 0, -1), axis=-1)  # [H, W, 3, S]
+    count = np.broadcast_to(valid.sum(axis=0)[..., None], ordered.shape[:-1])
+    lo = np.take_along_axis(ordered, np.maximum(count - 1, 0)[..., None] // 2, axis=-1)[..., 0]
+    hi = np.take_along_axis(ordered, (count // 2)[..., None], axis=-1)[..., 0]
+    median = 0.5 * (lo.astype(np.float32) + hi.astype(np.float32))
+    return np.where(count > 0, median, np.float32(0.0))
+
+
 def background_model(
     indices: List[int],
     read: Callable[[int], np.ndarray],
@@ -107,15 +122,9 @@ def background_model(
         ff = face_frame(landmarks[f])
         masks.append(background_samples(person_prior(landmarks[f], h, w), 0.15 * ff.face_width))
         stack.append(rgb)
-    frames = np.stack(stack).astype(np.float32)
     valid = np.stack(masks)
-    frames[~valid] = np.nan
     seen = valid.any(axis=0)
-    image = np.zeros(frames.shape[1:], np.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # never-sampled pixels: filled below
-        for row in range(0, image.shape[0], 64):  # nanmedian in bands keeps memory small
-            image[row : row + 64] = np.nan_to_num(np.nanmedian(frames[:, row : row + 64], axis=0))
+    image = masked_median(np.stack(stack), valid)
     if not seen.any():
         seen = np.ones_like(seen)  # the person fills every frame: the mean frame is the best we have
         image = np.stack(stack).astype(np.float32).mean(0)

@@ -17,7 +17,8 @@ import numpy as np
 from jaxtyping import UInt8
 
 from sahs_nerfstudio.data.audio import FEATURE_SAMPLE_RATE
-from sahs_nerfstudio.data.formats import FormatError, write_rgb
+from sahs_nerfstudio.data.formats import FormatError
+from sahs_nerfstudio.process.images import write_jpeg
 
 
 @dataclass
@@ -189,7 +190,8 @@ def decode(
         src_shape = rgb.shape[:2]
         small = square_crop_resize(rgb, size, crop)
         out_shape = small.shape[:2]
-        write_rgb(frame_path(frames_dir, num), small)
+        # Replaced, not overwritten: a layout may hold a hard link to the previous run's frame.
+        write_jpeg(frame_path(frames_dir, num), small)
         num += 1
         if on_frame is not None:
             on_frame(num)

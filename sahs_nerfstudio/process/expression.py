@@ -31,7 +31,7 @@ import numpy as np
 from jaxtyping import Bool, Float
 
 from sahs_nerfstudio.process.pose import PoseResult, camera_matrix, rodrigues, template_cv
-from sahs_nerfstudio.process.template import LEFT_BROW, LEFT_EYE, RIGHT_BROW, RIGHT_EYE, interocular
+from sahs_nerfstudio.utils.face_landmarks import LEFT_BROW, LEFT_EYE, RIGHT_BROW, RIGHT_EYE, interocular
 
 LEADING: Tuple[str, ...] = ("jaw_open", "mouth_width", "lip_pucker", "right_eye_open", "left_eye_open", "brow_raise")
 EYE_CHANNELS = (3, 4)

@@ -2,9 +2,11 @@
 
 Everything goes through :mod:`sahs_nerfstudio.data.formats` (file names, JSON fields) and
 :mod:`sahs_nerfstudio.data.semantics` (mask colours). Kept frames are renumbered ``0..K-1`` in
-time order; AD-NeRF's ``aud.npy`` holds one window per kept frame (centred on its original time),
-so ``aud_id == img_id``. Both layouts share one camera-to-world per frame, a positive focal and the
-principal point at the image centre.
+time order; AD-NeRF's ``aud.wav`` holds the kept frames' audio in that order and ``aud.npy`` one
+window per kept frame computed from it (:mod:`.audio`), so ``aud_id == img_id``. Both layouts share
+one camera-to-world per frame, a positive focal and the principal point at the image centre. Files
+with the same bytes (a decoded frame and ``ori_imgs``, the mask both layouts hold, a NeRFace frame
+in two splits) are hard links to one file (:mod:`.images`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 from jaxtyping import Float, Int, UInt8
 
-from sahs_nerfstudio.data import formats
+from sahs_nerfstudio.data import eye, formats
 from sahs_nerfstudio.data import semantics as sem
+from sahs_nerfstudio.process import images
 from sahs_nerfstudio.process.background import face_rect, nerface_bbox
+from sahs_nerfstudio.process.expression import EYE_CHANNELS
 from sahs_nerfstudio.process.parallel import run_indexed
 
 NERFACE_MAX_VAL = 5
@@ -52,7 +56,7 @@ class LayoutInputs:
 
     read_frame: Callable[[int], UInt8[np.ndarray, "H W 3"]]
     frame_file: Callable[[int], Path]
-    """The decoded JPEG of a kept frame (copied byte for byte to AD-NeRF's ``ori_imgs``)."""
+    """The decoded JPEG of a kept frame (AD-NeRF's ``ori_imgs`` holds the same file, linked)."""
     read_labels: Callable[[int], Int[np.ndarray, "H W"]]
     landmarks: Float[np.ndarray, "K 68 2"]
     c2w: Float[np.ndarray, "K 4 4"]
@@ -62,10 +66,37 @@ class LayoutInputs:
     height: int
     background: UInt8[np.ndarray, "H W 3"]
     val_fraction: Optional[float] = None
+    mask_file: Optional[Callable[[int], Path]] = None
+    """The 12-class colour mask PNG of a kept frame, linked into both layouts (None: encoded from the labels)."""
 
     @property
     def num(self) -> int:
         return len(self.c2w)
+
+    def write_mask(self, i: int, labels: Int[np.ndarray, "H W"], target: Path) -> None:
+        """Kept frame ``i``'s 12-class mask at ``target``: a link to :attr:`mask_file`, or encoded."""
+        if self.mask_file is not None:
+            images.link_or_copy(self.mask_file(i), target)
+        else:
+            images.write_png(target, images.colour(labels, _MASK_COLOURS))
+
+
+_MASK_COLOURS = images.class_colours(sem.encode_mask, sem.NUM_CLASSES)
+_PARSING_COLOURS = images.class_colours(sem.encode_adnerf_parsing, sem.NUM_CLASSES)
+# AD-NeRF's com_imgs keep the person, head_imgs the head (everything but background, neck and torso).
+_PERSON = (np.arange(sem.NUM_CLASSES) != sem.BACKGROUND).astype(np.uint8)
+_HEAD = (~np.isin(np.arange(sem.NUM_CLASSES), (sem.BACKGROUND, sem.NECK, sem.TORSO))).astype(np.uint8)
+
+
+def _composite(
+    rgb: UInt8[np.ndarray, "H W 3"], background: UInt8[np.ndarray, "H W 3"], labels: np.ndarray, keep: np.ndarray
+) -> UInt8[np.ndarray, "H W 3"]:
+    """``rgb`` where ``keep[label]``, else ``background`` (OpenCV's masked copy: 5x ``np.where``)."""
+    import cv2
+
+    out = background.copy()
+    cv2.copyTo(rgb, np.take(keep, labels), out)
+    return out
 
 
 def write_nerface(
@@ -89,10 +120,13 @@ def write_nerface(
 
     def write_frame(i: int) -> None:
         rgb, labels = data.read_frame(i), data.read_labels(i)
-        for split in membership[i]:
+        first = f"./{membership[i][0]}/f_{i:04d}"
+        images.write_png(formats.nerface_image_path(root, first), rgb)
+        data.write_mask(i, labels, formats.nerface_mask_path(root, first))
+        for split in membership[i][1:]:  # a val frame is a test frame too: the same files, linked
             file_path = f"./{split}/f_{i:04d}"
-            formats.write_png_fast(formats.nerface_image_path(root, file_path), rgb)
-            formats.write_png_fast(formats.nerface_mask_path(root, file_path), sem.encode_mask(labels))
+            images.link_or_copy(formats.nerface_image_path(root, first), formats.nerface_image_path(root, file_path))
+            images.link_or_copy(formats.nerface_mask_path(root, first), formats.nerface_mask_path(root, file_path))
 
     run_indexed(write_frame, data.num, workers, on_frame)
     for split, fr in frames.items():
@@ -108,7 +142,8 @@ def write_adnerf(
     on_frame: Optional[Callable[[int], None]] = None,
     workers: int = 1,
 ) -> Dict:
-    """``ori_imgs`` (+ ``.lms``), ``parsing``, ``com_imgs`` (+ masks), ``head_imgs``, ``bc.jpg``, audio, transforms."""
+    """``ori_imgs`` (+ ``.lms``), ``parsing``, ``com_imgs`` (+ masks), ``head_imgs``, ``bc.jpg``, audio, ``au.csv``,
+    transforms."""
     import shutil
 
     from sahs_nerfstudio.data.adnerf_config import write_run_configs
@@ -119,16 +154,12 @@ def write_adnerf(
 
     def write_frame(i: int) -> None:
         rgb, labels = data.read_frame(i), data.read_labels(i)
-        ori = formats.adnerf_image_path(root, i, "ori_imgs")
-        ori.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(data.frame_file(i), ori)
+        images.link_or_copy(data.frame_file(i), formats.adnerf_image_path(root, i, "ori_imgs"))
         formats.write_landmarks(formats.adnerf_landmarks_path(root, i), data.landmarks[i])
-        formats.write_png_fast(formats.adnerf_parsing_path(root, i), sem.encode_adnerf_parsing(labels))
-        formats.write_png_fast(formats.adnerf_mask_path(root, i), sem.encode_mask(labels))
-        person = labels != sem.BACKGROUND
-        formats.write_rgb(formats.adnerf_image_path(root, i), np.where(person[..., None], rgb, bg))
-        head = ~np.isin(labels, (sem.BACKGROUND, sem.NECK, sem.TORSO))
-        formats.write_rgb(formats.adnerf_image_path(root, i, "head_imgs"), np.where(head[..., None], rgb, bg))
+        images.write_png(formats.adnerf_parsing_path(root, i), images.colour(labels, _PARSING_COLOURS))
+        data.write_mask(i, labels, formats.adnerf_mask_path(root, i))
+        images.write_jpeg(formats.adnerf_image_path(root, i), _composite(rgb, bg, labels, _PERSON))
+        images.write_jpeg(formats.adnerf_image_path(root, i, "head_imgs"), _composite(rgb, bg, labels, _HEAD))
 
     run_indexed(write_frame, data.num, workers, on_frame)
     frames = [
@@ -136,6 +167,8 @@ def write_adnerf(
         for i in range(data.num)
     ]
     formats.write_audio_features(root / formats.ADNERF_AUDIO, audio_features)
+    # The eye track audio models drive blinks with (OpenFace's au.csv, from the expression's eye channels).
+    eye.write_au_csv(root / eye.AU_CSV, eye.au45_from_openness(data.expressions[:, list(EYE_CHANNELS)].mean(axis=1)))
     shutil.copyfile(wav, root / formats.ADNERF_AUDIO_WAV)
     cx, cy = data.width / 2.0, data.height / 2.0
     for split, ids in splits.items():

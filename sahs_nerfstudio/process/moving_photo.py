@@ -8,9 +8,10 @@ centre). :func:`write_video` encodes the frames (H.264) with a speech track (AAC
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 import numpy as np
 from jaxtyping import Float, UInt8
@@ -121,27 +122,32 @@ def render_frame(truth: MovingPhoto, k: int) -> UInt8[np.ndarray, "S S 3"]:
 
 def write_video(
     path: Path,
-    frames: List[np.ndarray],
+    frames: Iterable[np.ndarray],
     fps: float,
     audio: Optional[np.ndarray] = None,
     sample_rate: int = 16000,
 ) -> None:
-    """Encode R, G, B frames as H.264 (+ AAC audio when given) in an mp4/mkv by PyAV."""
+    """Encode R, G, B frames as H.264 (+ AAC audio when given) in an mp4/mkv by PyAV.
+
+    ``frames`` may be a generator: a long video is encoded as it is rendered, never held in memory.
+    """
     from fractions import Fraction
 
     import av
 
+    stream = iter(frames)
+    first = next(stream)
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
         video = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
-        video.width, video.height = frames[0].shape[1], frames[0].shape[0]
+        video.width, video.height = first.shape[1], first.shape[0]
         video.pix_fmt = "yuv420p"
         video.options = {"crf": "16", "preset": "veryfast"}
         astream = None
         if audio is not None:
             astream = container.add_stream("aac", rate=sample_rate)
             astream.layout = "mono"  # type: ignore[attr-defined]
-        for rgb in frames:
+        for rgb in itertools.chain([first], stream):
             for packet in video.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
                 container.mux(packet)
         for packet in video.encode():
@@ -164,4 +170,4 @@ def write_moving_photo(
     path: Path, truth: MovingPhoto, audio: Optional[np.ndarray] = None, sample_rate: int = 16000
 ) -> None:
     """Render every frame of ``truth`` and encode the video."""
-    write_video(path, [render_frame(truth, k) for k in range(truth.num_frames)], truth.fps, audio, sample_rate)
+    write_video(path, (render_frame(truth, k) for k in range(truth.num_frames)), truth.fps, audio, sample_rate)

@@ -31,9 +31,24 @@ def run_indexed(
             done(i + 1)
         return
     _TASK = task
+    pool = multiprocessing.get_context("fork").Pool(min(workers, count))
     try:
-        with multiprocessing.get_context("fork").Pool(min(workers, count)) as pool:
-            for n, _ in enumerate(pool.imap_unordered(_call, range(count), chunksize=4), start=1):
-                done(n)
+        for n, _ in enumerate(pool.imap_unordered(_call, range(count), chunksize=4), start=1):
+            done(n)
+        # A clean exit (not terminate): the workers are waited for, so their CPU time is counted
+        # in this process's children (``cpu_seconds``).
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
     finally:
+        pool.join()
         _TASK = None
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its finished (waited-for) workers."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime

@@ -16,13 +16,16 @@ from typing import Any, Callable, Dict, List, Literal, Optional
 import numpy as np
 import tyro
 
-from sahs_nerfstudio.data.formats import FormatError, read_rgb, write_rgb
+from sahs_nerfstudio.data import semantics as sem
+from sahs_nerfstudio.data.formats import FormatError, write_rgb
+from sahs_nerfstudio.process import audio as pau
 from sahs_nerfstudio.process import background as bgm
 from sahs_nerfstudio.process import decode as dec
+from sahs_nerfstudio.process import images
 from sahs_nerfstudio.process import landmarks as lmk
 from sahs_nerfstudio.process.expression import expression_codes
 from sahs_nerfstudio.process.layouts import LayoutInputs, write_adnerf, write_nerface
-from sahs_nerfstudio.process.parallel import run_indexed
+from sahs_nerfstudio.process.parallel import cpu_seconds, run_indexed
 from sahs_nerfstudio.process.pose import PoseResult, camera_to_world, solve_poses
 from sahs_nerfstudio.process.report import contact_sheet, write_report
 from sahs_nerfstudio.process.segmentation import frame_labels
@@ -114,11 +117,11 @@ class Runner:
         if done.exists() and not self.config.force:
             self.skipped.append(name)
             return
-        start, cpu = time.perf_counter(), time.process_time()
+        start, cpu = time.perf_counter(), cpu_seconds()
         run()
         self.seconds[name] = time.perf_counter() - start
-        # CPU seconds of this process: what a stage costs on a machine shared with other work.
-        self.seconds[f"{name}_cpu"] = time.process_time() - cpu
+        # CPU seconds of this process and its workers: what a stage costs on a machine shared with other work.
+        self.seconds[f"{name}_cpu"] = cpu_seconds() - cpu
         self.config.work.mkdir(parents=True, exist_ok=True)
         self.seconds_file.write_text(json.dumps(self.seconds, indent=1))
 
@@ -169,7 +172,7 @@ def run(config: ProcessConfig, progress: Optional[Callable[[str, int, int], None
 
     def landmarks_stage() -> None:
         tracker = lmk.FaceTracker(redetect_every=config.redetect_every)
-        res = lmk.track(frame_files, read_rgb, tracker, on_frame=runner.tick("landmarks", n))
+        res = lmk.track(frame_files, images.read_image, tracker, on_frame=runner.tick("landmarks", n))
         max_gap = int(round(config.max_gap_seconds * config.fps))
         filled, kept, gaps = lmk.fill_gaps(res.points, max_gap)
         smooth = lmk.smooth(filled, kept, config.landmark_smoothing)
@@ -243,22 +246,23 @@ def run(config: ProcessConfig, progress: Optional[Callable[[str, int, int], None
 
     def background_stage() -> None:
         model = bgm.background_model(
-            kept_idx.tolist(), lambda f: read_rgb(frame_files[f]), points, stride=config.background_stride
+            kept_idx.tolist(), lambda f: images.read_image(frame_files[f]), points, stride=config.background_stride
         )
         write_rgb(bg_file, model.image)
 
     runner.stage("background", bg_file, background_stage)
-    background = read_rgb(bg_file)
+    background = images.read_image(bg_file)
 
-    # 6. segmentation
-    labels_dir = work / "labels"
-    labels_dir.mkdir(parents=True, exist_ok=True)
-    seg_done = work / "segmentation.done"
+    # 6. segmentation: class indices as grey PNGs, and the colour masks both layouts link to
+    labels_dir, masks_dir = work / "labels", work / "masks"
+    seg_done = work / "labels.done"
+    mask_colours = images.class_colours(sem.encode_mask, sem.NUM_CLASSES)
 
     def segment(j: int) -> None:
         f = int(kept_idx[j])
-        labels = frame_labels(read_rgb(frame_files[f]), points[f], background)
-        np.save(labels_dir / f"{f:06d}.npy", labels.astype(np.uint8))
+        labels = frame_labels(images.read_image(frame_files[f]), points[f], background)
+        images.write_png(labels_dir / f"{f:06d}.png", labels.astype(np.uint8))
+        images.write_png(masks_dir / f"{f:06d}.png", images.colour(labels, mask_colours))
 
     def segmentation_stage() -> None:
         run_indexed(segment, len(kept_idx), config.workers, runner.tick("segmentation", len(kept_idx)))
@@ -267,19 +271,21 @@ def run(config: ProcessConfig, progress: Optional[Callable[[str, int, int], None
     runner.stage("segmentation", seg_done, segmentation_stage)
 
     def read_labels_kept(i: int) -> np.ndarray:
-        return np.load(labels_dir / f"{kept_idx[i]:06d}.npy").astype(np.int64)
+        return images.read_image(labels_dir / f"{kept_idx[i]:06d}.png", "<labels>", grey=True).astype(np.int64)
 
-    # 7. audio features (one window per decoded frame; the layouts keep the kept frames' windows)
-    aud_file = work / "aud.npy"
+    # 7. audio: the kept frames' spans of the track, and one feature window per kept frame
+    aud_file, kept_wav = work / "aud_kept.npy", work / "aud_kept.wav"
     if info.has_audio:
-        from sahs_nerfstudio.data.audio import wav_to_features
-
-        runner.stage("audio", aud_file, lambda: np.save(aud_file, wav_to_features(audio_wav, config.fps, n)))
+        runner.stage("audio", aud_file, lambda: pau.kept_audio(audio_wav, kept_idx, config.fps, kept_wav, aud_file))
+        tail = pau.silent_tail_note(kept_idx, config.fps, info.audio_seconds)
+        if tail and "adnerf" in layouts:
+            note(notes, tail)
 
     # 8. layouts
     inputs = LayoutInputs(
-        read_frame=lambda i: read_rgb(frame_files[kept_idx[i]]),
+        read_frame=lambda i: images.read_image(frame_files[kept_idx[i]]),
         frame_file=lambda i: frame_files[kept_idx[i]],
+        mask_file=lambda i: masks_dir / f"{kept_idx[i]:06d}.png",
         read_labels=read_labels_kept,
         landmarks=points[kept_idx],
         c2w=c2w[kept_idx],
@@ -300,8 +306,8 @@ def run(config: ProcessConfig, progress: Optional[Callable[[str, int, int], None
             if layout == "nerface":
                 split_counts[layout] = write_nerface(root, inputs, tick, config.workers)
             else:
-                feats = np.load(aud_file)[kept_idx]
-                split_counts[layout] = write_adnerf(root, inputs, feats, audio_wav, tick, config.workers)
+                feats = np.load(aud_file)
+                split_counts[layout] = write_adnerf(root, inputs, feats, kept_wav, tick, config.workers)
 
         runner.stage(f"layout_{layout}", done, layout_stage)
 

@@ -21,7 +21,7 @@ from sahs_nerfstudio.process.background import (
     face_outline,
     person_prior,
 )
-from sahs_nerfstudio.process.template import INNER_LIPS, JAW, LEFT_BROW, LEFT_EYE, OUTER_LIPS, RIGHT_BROW, RIGHT_EYE
+from sahs_nerfstudio.utils.face_landmarks import INNER_LIPS, JAW, LEFT_BROW, LEFT_EYE, OUTER_LIPS, RIGHT_BROW, RIGHT_EYE
 
 _GRABCUT_SIDE = 112
 _DIFF_BACKGROUND = 18.0
@@ -36,6 +36,14 @@ def _fill(labels: np.ndarray, polygon: np.ndarray, cls: int) -> None:
     cv2.fillPoly(labels, [np.round(polygon).astype(np.int32)], (int(cls),))
 
 
+def _max_abs_diff(a: UInt8[np.ndarray, "H W 3"], b: UInt8[np.ndarray, "H W 3"]) -> UInt8[np.ndarray, "H W"]:
+    """Per pixel, the largest channel difference ``|a - b|`` (OpenCV's: numpy's ``max(-1)`` over 3 is 25x slower)."""
+    import cv2
+
+    r, g, bl = cv2.split(cv2.absdiff(a, b))
+    return cv2.max(cv2.max(r, g), bl)
+
+
 def person_mask(
     rgb: UInt8[np.ndarray, "H W 3"], lms: Float[np.ndarray, "68 2"], background: UInt8[np.ndarray, "H W 3"]
 ) -> np.ndarray:
@@ -46,7 +54,7 @@ def person_mask(
     ff = face_frame(lms)
     prior = person_prior(lms, h, w)
     far = background_samples(prior, 0.15 * ff.face_width)
-    diff = np.abs(cv2.GaussianBlur(rgb, (5, 5), 0).astype(np.int16) - background.astype(np.int16)).max(-1)
+    diff = _max_abs_diff(cv2.GaussianBlur(rgb, (5, 5), 0), background)
     face = np.zeros((h, w), np.uint8)
     _fill(face, face_outline(lms, forehead=0.2), 1)
     seed = np.full((h, w), cv2.GC_PR_BGD, np.uint8)

@@ -1,4 +1,4 @@
-"""The generic 3-D 68-point face template that head poses are solved against, and landmark groups.
+"""The generic 3-D 68-point face template that head poses are solved against, and its rigid points.
 
 The template is the synthetic subject's neutral face (:func:`sahs_nerfstudio.data.synthetic.landmarks_3d`
 with every control at zero): one face model for the whole project, in the scene units both layouts use
@@ -15,18 +15,7 @@ from typing import Tuple
 import numpy as np
 from jaxtyping import Float
 
-# iBUG 68-point groups.
-JAW = tuple(range(0, 17))
-RIGHT_BROW = tuple(range(17, 22))
-LEFT_BROW = tuple(range(22, 27))
-NOSE = tuple(range(27, 36))
-RIGHT_EYE = tuple(range(36, 42))
-"""The subject's right eye (image left in a frontal view)."""
-LEFT_EYE = tuple(range(42, 48))
-OUTER_LIPS = tuple(range(48, 60))
-INNER_LIPS = tuple(range(60, 68))
-MOUTH = tuple(range(48, 68))
-"""The 20 mouth points LMD is measured on."""
+from sahs_nerfstudio.utils.face_landmarks import NOSE
 
 RIGID: Tuple[int, ...] = (0, 1, 2, 14, 15, 16, *NOSE, 36, 39, 42, 45)
 """Points that move with the skull, not with the jaw, lips, lids or brows: the ones poses are solved on."""
@@ -41,8 +30,3 @@ def generic_template() -> Float[np.ndarray, "68 3"]:
     points = landmarks_3d(neutral, 0)  # type: ignore[arg-type]  # it reads only ``controls``
     points.setflags(write=False)
     return points
-
-
-def interocular(points: Float[np.ndarray, "*bs 68 D"]) -> Float[np.ndarray, "*bs"]:
-    """Distance between the outer eye corners (36, 45): the scale every landmark measure is divided by."""
-    return np.linalg.norm(points[..., 45, :] - points[..., 36, :], axis=-1)

@@ -3,7 +3,8 @@
 Modules, one job each: :mod:`.networks` (the refiner), :mod:`.io` (frame folders and pairs),
 :mod:`.audio` (audio windows of the audio variant), :mod:`.checkpoints`, :mod:`.training`,
 :mod:`.inference` (refining frames and videos), :mod:`.evaluation` (before/after metrics),
-:mod:`.stage_one` (Stage-I renders of a trained SAHS run), :mod:`.runtime` (device, progress bar).
+:mod:`.stage_one` (Stage-I renders of a trained SAHS run), :mod:`.runtime` (device, progress bar),
+:mod:`.pipeline` (all of Stage II on a trained run in one call: :func:`run_stage_two`).
 Bad input raises :class:`~sahs_nerfstudio.data.formats.FormatError`.
 """
 
@@ -20,6 +21,7 @@ from sahs_nerfstudio.refinement.networks import (
     SPADEResBlock,
     pad_to_stride,
 )
+from sahs_nerfstudio.refinement.pipeline import run_stage_two
 from sahs_nerfstudio.refinement.stage_one import release_stage_one_pipeline, render_stage_one
 from sahs_nerfstudio.refinement.training import RefinerTrainConfig, TrainResult, lr_factor, train_refiner
 
@@ -44,5 +46,6 @@ __all__ = [
     "refine_frames",
     "release_stage_one_pipeline",
     "render_stage_one",
+    "run_stage_two",
     "train_refiner",
 ]

@@ -19,7 +19,8 @@ from sahs_nerfstudio.data.formats import FormatError
 from sahs_nerfstudio.refinement.networks import RefinerNetworkConfig
 
 CHECKPOINT_FORMAT = "sahs-refiner"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+"""2: the network config records ``architecture`` (version 1 checkpoints hold the published network)."""
 
 
 def checkpoint_dir(output_dir: Path) -> Path:
@@ -37,9 +38,14 @@ def find_latest_checkpoint(output_dir: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def best_checkpoint_path(output_dir: Path) -> Path:
+    """Where the checkpoint of the best validation epoch goes (kept apart from the pruned per-epoch ones)."""
+    return checkpoint_dir(output_dir) / "best.ckpt"
+
+
 def remove_stale_temporaries(output_dir: Path) -> None:
     """Deletes the temporary files an interrupted :func:`save_checkpoint` left behind."""
-    for stale in checkpoint_dir(output_dir).glob(".epoch-*.ckpt.tmp"):
+    for stale in checkpoint_dir(output_dir).glob(".*.ckpt.tmp"):
         stale.unlink(missing_ok=True)
 
 
@@ -83,9 +89,13 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def network_config_from_dict(values: dict[str, Any]) -> RefinerNetworkConfig:
-    """The network config stored in a checkpoint (JSON lists back to tuples)."""
+    """The network config stored in a checkpoint (JSON lists back to tuples).
+
+    A config without ``architecture`` predates the residual refiner: it is the published network.
+    """
     known = set(RefinerNetworkConfig.__dataclass_fields__)
-    kwargs: dict[str, Any] = {k: _tuple_or(v) for k, v in values.items() if k in known}
+    kwargs: dict[str, Any] = {"architecture": "published"}
+    kwargs.update({k: _tuple_or(v) for k, v in values.items() if k in known})
     return RefinerNetworkConfig(**kwargs)
 
 

@@ -2,7 +2,9 @@
 
 The driver is an expression sequence, an ``aud.npy``, an audio file (:mod:`sahs_nerfstudio.driving`)
 or, by default, the run's own split; the cameras follow :mod:`.camera_paths`. The mp4 gets the
-driver's audio when there is audio.
+driver's audio when there is audio. Models with an eye channel get one eye closure per frame
+(:func:`sahs_nerfstudio.driving.driving_eyes`: an ``au.csv``, the split's own track, open eyes or
+natural blinks), so driven videos blink.
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from sahs_nerfstudio.data import keys
 from sahs_nerfstudio.data.formats import ADNERF_AUDIO, FormatError
 from sahs_nerfstudio.data.pose import pose_code
-from sahs_nerfstudio.driving import DrivingSequence, attach_sibling_audio, encode_sequence, load_driver
+from sahs_nerfstudio.driving import (
+    BlinkMode,
+    DrivingSequence,
+    attach_sibling_audio,
+    driving_eyes,
+    encode_sequence,
+    load_driver,
+)
 from sahs_nerfstudio.errors import flag_error
 from sahs_nerfstudio.rendering.camera_paths import CAMERA_PATHS, CameraPath, camera_path
 from sahs_nerfstudio.rendering.common import Split, render_progress, sahs_model, split_dataset
@@ -52,6 +61,10 @@ class DrivenResult:
     """The driving rows used, after ``max_frames``."""
     has_ground_truth: bool
     """Whether the frames are the split's own (so a ground-truth panel exists)."""
+    eye: np.ndarray | None = None
+    """The eye closure given to each frame ``[T]`` (None: the model takes no eye channel)."""
+    eye_source: str | None = None
+    """Where :attr:`eye` came from (a file, the split's own track, natural blinks, open)."""
 
 
 def split_driver(pipeline: Pipeline, split: str, fps: float = 25.0) -> DrivingSequence:
@@ -110,6 +123,9 @@ def render_driven_video(
     resolution_scale: float = 1.0,
     data: Path | None = None,
     loaded: tuple[TrainerConfig, Pipeline] | None = None,
+    eyes: Path | None = None,
+    blink: BlinkMode = "auto",
+    blink_seed: int = 0,
 ) -> DrivenResult:
     """Render ``driver`` (None: the split's own frames) through a camera path into an mp4.
 
@@ -129,6 +145,10 @@ def render_driven_video(
         resolution_scale: scale of the output resolution relative to the dataset's.
         data: dataset path replacing the one in the config.
         loaded: an already loaded ``(config, pipeline)`` (skips loading).
+        eyes: an OpenFace ``au.csv`` whose row ``k`` gives frame ``k``'s eye closure (models with an eye channel).
+        blink: the eyes without ``eyes``: ``auto`` (the split's own track when it drives itself, else natural
+            blinks), ``natural`` or ``open``.
+        blink_seed: seed of the natural blinks.
     """
     check_render_flags(output, cameras, fps, resolution_scale, max_frames)
     if loaded is None:
@@ -151,6 +171,7 @@ def render_driven_video(
         seq = load_driver(driver, fps=fps, audio=audio, window=window[0], channels=window[1])
     seq = seq.truncated(len(seq) if max_frames is None else max_frames)
     codes = encode_sequence(model, seq)
+    eye, eye_source = _eyes(model, dataset, seq, driver, eyes, blink, blink_seed, fps)
     has_gt = driver is None and cameras == "dataset"
     count = len(seq)
     pivot = 0.5 * (float(model.near) + float(model.far))
@@ -167,6 +188,8 @@ def render_driven_video(
                 tick = time.perf_counter()
                 cam = camera_at(t)
                 meta: dict[str, torch.Tensor] = {keys.DRIVING_CODE: codes[t : t + 1]}
+                if eye is not None:
+                    meta[keys.EYE] = torch.tensor([[float(eye[t])]], device=model.device)
                 if pose == "frozen":
                     meta[keys.POSE] = frozen_pose
                 cam.metadata = meta
@@ -208,16 +231,46 @@ def render_driven_video(
         video=info,
         driver=seq,
         has_ground_truth=has_gt,
+        eye=eye,
+        eye_source=eye_source,
     )
     audio_note = ""
     if info is not None and info.audio_seconds is not None:
         audio_note = f", audio {info.audio_seconds:.2f} s from {seq.audio_source}"
+    if eye_source is not None:
+        audio_note += f", eyes: {eye_source}"
     where = f" to {output}" if output is not None else ""
     CONSOLE.print(
         f"rendered {count} frames ({result.width}x{result.height}){where}: {result.render_fps:.2f} frames/s "
         f"rendering, {result.total_fps:.2f} frames/s with encoding{audio_note}"
     )
     return result
+
+
+def _eyes(
+    model: Any,
+    dataset: Any,
+    seq: DrivingSequence,
+    driver: Path | None,
+    eyes: Path | None,
+    blink: BlinkMode,
+    seed: int,
+    fps: float,
+) -> tuple[np.ndarray | None, str | None]:
+    """The per-frame eye closures for a model with an eye channel; (None, None) for one without."""
+    if not getattr(model, "uses_eye", False):
+        if eyes is not None:
+            raise flag_error(
+                "--eyes", "a model whose field takes the eye channel (an audio model trained with an au.csv)", eyes
+            )
+        if blink == "natural":
+            CONSOLE.print("--blink natural: this model has no eye channel (its driving code moves the eyes)")
+        return None, None
+    meta = dataset.cameras.metadata or {}
+    own = None
+    if driver is None and keys.EYE in meta:
+        own = meta[keys.EYE][:, 0].cpu().numpy().astype(np.float64)
+    return driving_eyes(len(seq), fps, eyes, blink, seed, own)
 
 
 def _ground_truth(dataset: Any, index: int, like: torch.Tensor) -> torch.Tensor:

@@ -6,11 +6,15 @@ Examples::
     sahs-refine train --renders renders/train --ground-truth data/subject/ori_imgs --output outputs/refine --epochs 3
     # render the training frames with a trained Stage-I run first, then train
     sahs-refine train --load-config outputs/subject/sahs/2024-01-01_000000/config.yml --output outputs/refine
-    # refine a folder of frames or an mp4, optionally writing an mp4
-    sahs-refine render --checkpoint outputs/refine/checkpoints/epoch-0006.ckpt --input renders/test \\
+    # the published network (no skip connection, published sizes and schedule) instead of the residual default
+    sahs-refine train --renders renders/train --ground-truth data/subject/ori_imgs --output outputs/refine-pub \
+        --network.architecture published --network.channels 64 128 256 --network.spade-hidden 128 \
+        --epochs 100 --decay-epochs None --lr 1e-4
+    # refine a folder of frames or an mp4 with the best-on-validation checkpoint, optionally writing an mp4
+    sahs-refine render --checkpoint outputs/refine/checkpoints/best.ckpt --input renders/test \\
         --output outputs/refined --video outputs/refined.mp4 --fps 25
     # PSNR / SSIM (/ LPIPS) before and after refinement
-    sahs-refine eval --checkpoint outputs/refine/checkpoints/epoch-0006.ckpt --renders renders/test \\
+    sahs-refine eval --checkpoint outputs/refine/checkpoints/best.ckpt --renders renders/test \\
         --ground-truth data/subject/ori_imgs --output outputs/refine/metrics.json
 """
 
@@ -91,7 +95,7 @@ class Render:
     """Refine every frame of a folder (or a video) and write PNG frames and optionally an mp4."""
 
     checkpoint: Path
-    """Refiner checkpoint (<output>/checkpoints/epoch-NNNN.ckpt)."""
+    """Refiner checkpoint (<output>/checkpoints/best.ckpt, or a per-epoch epoch-NNNN.ckpt)."""
     input: Path
     """Folder of Stage-I frames, or a video file (.mp4, ...)."""
     output: Path

@@ -8,6 +8,9 @@ Examples::
     sahs-render --load-config A/config.yml --driver B/transforms_test.json --cameras frame --frame 3
     # a speech recording (any sample rate), orbiting camera, audio muxed into the mp4
     sahs-render --load-config outputs/.../config.yml --driver speech.wav --cameras orbit
+    # an audio model trained with an eye track (au.csv): its blinks from an OpenFace au.csv instead of
+    # natural ones (--blink natural|open|auto; auto: the split's own track, else natural blinks)
+    sahs-render --load-config outputs/.../config.yml --driver speech.wav --eyes other/au.csv
 
 Bad input (a driving file of the wrong code width, an empty audio file, another method's run, a
 flag out of range) ends with one line naming the file or flag and the field, and exit status 2
@@ -16,6 +19,7 @@ flag out of range) ends with one line naming the file or flag and the field, and
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -62,6 +66,13 @@ class RenderDriven:
     """Output resolution relative to the dataset's."""
     data: Path | None = None
     """Dataset path, when it moved since training (default: the one in config.yml)."""
+    eyes: Path | None = None
+    """Eye track for models with an eye channel: an OpenFace au.csv (AU45_r), row k for video frame k."""
+    blink: Literal["auto", "natural", "open"] = "auto"
+    """Eyes without --eyes: auto (the split's own track when it drives itself, else natural blinks), natural
+    (15-20 blinks a minute, 0.1-0.3 s each, seeded) or open."""
+    blink_seed: int = 0
+    """Seed of the natural blinks."""
 
     def main(self) -> None:
         from sahs_nerfstudio.rendering.driven import render_driven_video
@@ -81,8 +92,24 @@ class RenderDriven:
             fps=self.fps,
             resolution_scale=self.resolution_scale,
             data=self.data,
+            eyes=self.eyes,
+            blink=self.blink,
+            blink_seed=self.blink_seed,
         )
-        CONSOLE.print(f"[bold green]achieved {result.render_fps:.2f} frames/s[/bold green] ({self.output})")
+        # Frames/s of the model's rendering alone (no loading, no video encoding), next to the mp4.
+        summary = {
+            "num_frames": result.num_frames,
+            "width": result.width,
+            "height": result.height,
+            "render_fps": result.render_fps,
+            "render_seconds_per_frame": 1.0 / result.render_fps if result.render_fps > 0 else None,
+            "total_fps": result.total_fps,
+        }
+        metrics_path = self.output.with_suffix(".json")
+        metrics_path.write_text(json.dumps(summary, indent=2))
+        CONSOLE.print(
+            f"[bold green]achieved {result.render_fps:.2f} frames/s[/bold green] ({self.output}; {metrics_path})"
+        )
 
 
 def run(argv: list | None = None) -> int:

@@ -12,14 +12,16 @@ LPIPS also take batches ``[N, 3, H, W]`` (torchmetrics' layout, the refiner's).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 from jaxtyping import Bool, Float, Int
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
-from sahs_nerfstudio.data.semantics import BACKGROUND, MOUTH_CLASSES, NECK, TORSO
+from sahs_nerfstudio.data.semantics import BACKGROUND, MOUTH_CLASSES, MOUTH_INTERIOR, NECK, TORSO
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
 """torchvision's AlexNet backbone file, which torchmetrics' LPIPS would download on first use."""
@@ -54,6 +56,40 @@ def mouth_mask(labels: Int[Tensor, "*bs"]) -> Bool[Tensor, "*bs"]:
     for cls in MOUTH_CLASSES:
         mask |= labels == cls
     return mask
+
+
+MOUTH_OPEN_FRACTION = 0.15
+"""A frame's mouth counts as open when at least this share of its ground-truth mouth pixels (interior + lips) is
+mouth interior. On the synthetic subject that is ``jaw_open`` above about 0.45 (closed lips show no interior)."""
+
+MouthState = Literal["open", "closed"]
+
+
+def mouth_state(labels: Int[Tensor, "*bs"]) -> MouthState | None:
+    """``open`` / ``closed`` from ground-truth labels (:data:`MOUTH_OPEN_FRACTION`); None without mouth pixels."""
+    mouth = int(mouth_mask(labels).sum())
+    if mouth == 0:
+        return None
+    return "open" if int((labels == MOUTH_INTERIOR).sum()) >= MOUTH_OPEN_FRACTION * mouth else "closed"
+
+
+def mouth_state_means(
+    per_frame: Sequence[Mapping[str, float]], states: Sequence[MouthState | None]
+) -> dict[str, float]:
+    """Mean ``mouth_psnr`` over the frames whose mouth is open and over those where it is closed.
+
+    Returns ``mouth_psnr_open`` / ``mouth_psnr_closed`` (only for a state with frames) and the frame counts
+    ``frames_mouth_open`` / ``frames_mouth_closed``.
+    """
+    if len(per_frame) != len(states):
+        raise ValueError(f"{len(per_frame)} frames of metrics but {len(states)} mouth states")
+    out: dict[str, float] = {}
+    for state in ("open", "closed"):
+        values = [m["mouth_psnr"] for m, s in zip(per_frame, states, strict=True) if s == state and "mouth_psnr" in m]
+        out[f"frames_mouth_{state}"] = float(len(values))
+        if values:
+            out[f"mouth_psnr_{state}"] = sum(values) / len(values)
+    return out
 
 
 def head_mask(labels: Int[Tensor, "*bs"]) -> Bool[Tensor, "*bs"]:

@@ -16,6 +16,9 @@ fix their order on the panel:
 * **Audio window** (audio models): scrub through every window of the dataset's ``aud.npy``.
 * **Pose follows camera** (models whose field takes the pose code): off freezes the pose code at
   the last camera it followed (the torso stops moving with the view).
+* **Eyes follow frame** / **Eye closure** (audio models trained with an eye track, ``use_eye``): on, the
+  eyes are those of the driving frame (the Time slider's or the dataset frame's; open for an audio
+  window); the Eye closure slider (0 open .. 1 shut) sets them instead and switches "follow" off.
 * **PC1 .. PC8** (expression models): the leading principal components of the training expression
   codes, in standard deviations (-3 .. 3), each labelled with the share of variance it explains
   (``PC1 (51%)``);
@@ -126,8 +129,10 @@ class AvatarControls(nn.Module):
         num_audio_windows: int = 0,
         uses_pose: bool = False,
         num_components: int = NUM_COMPONENTS,
+        uses_eye: bool = False,
     ) -> None:
         super().__init__()
+        self.uses_eye = bool(uses_eye)
         self.driver_kind = driver_kind
         self.num_frames = int(train_drivers.shape[0])
         self.num_audio_windows = int(num_audio_windows)
@@ -153,6 +158,7 @@ class AvatarControls(nn.Module):
             train_drivers=model.train_drivers,
             num_audio_windows=int(table.shape[0]) if table.ndim == 3 else 0,
             uses_pose=bool(model.field_config.resolved().use_pose),
+            uses_eye=bool(getattr(model, "uses_eye", False)),
         )
 
     # ------------------------------------------------------------------------------------------
@@ -228,6 +234,27 @@ class AvatarControls(nn.Module):
                     hint="On: the pose code is the viewer camera's; off: frozen at the last one",
                 ),
             )
+        if self.uses_eye:
+            self._add(
+                "el04_eye_follows",
+                ViewerCheckbox(
+                    "Eyes follow frame",
+                    bool(value("el04_eye_follows", True)),
+                    hint="On: the driving frame's own eyes; off: the Eye closure slider",
+                ),
+            )
+            self._add(
+                "el05_eye",
+                ViewerSlider(
+                    "Eye closure",
+                    float(value("el05_eye", 0.0)),
+                    0.0,
+                    1.0,
+                    SLIDER_STEP,
+                    cb_hook=lambda _: self._set_eyes_follow(False),
+                    hint="The eye channel (OpenFace AU45 / 2): 0 open .. 1 shut",
+                ),
+            )
         for k in range(self.num_components):
             share = 100.0 * float(self.pca_explained[k])
             name = f"el{10 + k:02d}_pc{k}"
@@ -263,6 +290,11 @@ class AvatarControls(nn.Module):
         dropdown: ViewerDropdown = self.el00_drive_by  # type: ignore[attr-defined]
         if dropdown.value != mode:
             dropdown.value = mode
+
+    def _set_eyes_follow(self, follow: bool) -> None:
+        checkbox: ViewerCheckbox = self.el04_eye_follows  # type: ignore[attr-defined]
+        if bool(checkbox.value) != follow:
+            checkbox.value = follow
 
     def _sliders_from_frame(self, _: Any = None) -> None:
         code = self.expressions[self.frame_index()]
@@ -328,6 +360,22 @@ class AvatarControls(nn.Module):
             i = self.audio_window_index()
             window = model.audio_table[i : i + 1].reshape(1, -1)
             return model.encode_driver(window, torch.tensor([[float(i)]], device=device))
+        return None
+
+    @torch.no_grad()
+    def eye(self, model: "SAHSModel") -> Float[Tensor, "1 1"] | None:
+        """The eye closure the panel asks for, or None to let the model use the camera's time (or no eye input)."""
+        if not self.uses_eye:
+            return None
+        device = model.device
+        if not bool(self.el04_eye_follows.value):  # type: ignore[attr-defined]
+            value = min(max(float(self.el05_eye.value), 0.0), 1.0)  # type: ignore[attr-defined]
+            return torch.tensor([[value]], device=device)
+        if self.mode == DATASET_FRAME and model.train_eye.numel() > 0:
+            f = self.frame_index()
+            return model.train_eye[f : f + 1].to(device)
+        if self.mode == AUDIO_WINDOW:
+            return torch.zeros(1, 1, device=device)  # an audio window has no eyes of its own: open
         return None
 
     def pose(self, pose: Float[Tensor, "1 6"]) -> Float[Tensor, "1 6"]:

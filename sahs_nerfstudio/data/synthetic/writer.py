@@ -18,6 +18,7 @@ import numpy as np
 
 from sahs_nerfstudio.data import semantics as sem
 from sahs_nerfstudio.data.adnerf_config import write_run_configs
+from sahs_nerfstudio.data.eye import AU_CSV, au45_from_closure, write_au_csv
 from sahs_nerfstudio.data.formats import (
     ADNERF_AUDIO,
     ADNERF_AUDIO_WAV,
@@ -41,6 +42,7 @@ from sahs_nerfstudio.data.formats import (
 )
 from sahs_nerfstudio.data.synthetic.camera import layout_camera
 from sahs_nerfstudio.data.synthetic.config import (
+    BLINK,
     CONTROL_NAMES,
     NERFACE_PRINCIPAL_POINT,
     NOVEL_THRESHOLD,
@@ -192,6 +194,8 @@ def _write_adnerf(
     wav = root / ADNERF_AUDIO_WAV
     soundfile.write(str(wav), seq.audio, SAMPLE_RATE, subtype="PCM_16")
     write_audio_features(root / ADNERF_AUDIO, wav_to_features(wav, fps=config.fps, num_frames=n))
+    # The subject blinks: its eye track as OpenFace's au.csv (AU45 = 2 * blink, see data/eye.py).
+    write_au_csv(root / AU_CSV, au45_from_closure(seq.controls[:, BLINK]))
     for split, ids in splits.items():
         write_adnerf_split(root, split, ADNeRFSplit(cam.fx, cam.cx, cam.cy, [frames_by_id[i] for i in ids]))
     # As process_data.py: HeadNeRF_config.txt / TorsoNeRF_config.txt with near, far and testskip.
