@@ -25,58 +25,47 @@ def _cpu_preset(cfg: BenchmarkConfig, data: Path, steps: int, method: str) -> An
     return presets.cpu_trainer_config(data, steps=steps, rays=rays)
 
 
-def _sahs_config(
+def _method_config(
     cfg: BenchmarkConfig,
     data: Path,
     steps: int,
+    method: str,
     sampler: str = "semantic",
     use_warp: bool = True,
     use_hyper: bool = True,
 ):
-    from sahs_nerfstudio.sahs_config import _adam, sahs_trainer_config
+    """A ``sahs`` or ``sahs-fast`` row: the CPU preset, or the method's own (GPU) config with the benchmark's
+    data, rays and schedule length; then the row's switches and sampler."""
+    from sahs_nerfstudio.sahs_config import _adam, fast_optimizers, sahs_fast_trainer_config, sahs_trainer_config
 
     if cfg.resolved_scale() == "cpu":
-        config = _cpu_preset(cfg, data, steps, "sahs")
+        config = _cpu_preset(cfg, data, steps, method)
     else:
-        config: Any = sahs_trainer_config()
+        config: Any = sahs_fast_trainer_config() if method == "sahs-fast" else sahs_trainer_config()
         config.pipeline.datamanager.data = data
         config.pipeline.datamanager.dataparser.data = data  # type: ignore[attr-defined]
         if cfg.rays is not None:
             config.pipeline.datamanager.train_num_rays_per_batch = cfg.rays
         config.pipeline.model.audio_attention_start_step = steps // 2  # type: ignore[attr-defined]
-        config.optimizers = {
-            "fields": _adam(5e-4, steps),
-            "audio_net": _adam(5e-4, steps),
-            "audio_attention": _adam(2.5e-3, steps),
-        }
+        if method == "sahs-fast":
+            config.optimizers = fast_optimizers(steps=steps)
+        else:
+            config.optimizers = {
+                "fields": _adam(5e-4, steps),
+                "audio_net": _adam(5e-4, steps),
+                "audio_attention": _adam(2.5e-3, steps),
+            }
     config.pipeline.model = _switched(config.pipeline.model, use_warp, use_hyper)
     config.pipeline.datamanager.pixel_sampler.mode = sampler  # type: ignore[attr-defined]
     return config
 
 
-def _fast_config(
-    cfg: BenchmarkConfig,
-    data: Path,
-    steps: int,
-    sampler: str = "semantic",
-    use_warp: bool = True,
-    use_hyper: bool = True,
-):
-    from sahs_nerfstudio.sahs_config import fast_optimizers, sahs_fast_trainer_config
+def _sahs_config(cfg: BenchmarkConfig, data: Path, steps: int, **switches: Any):
+    return _method_config(cfg, data, steps, "sahs", **switches)
 
-    if cfg.resolved_scale() == "cpu":
-        config = _cpu_preset(cfg, data, steps, "sahs-fast")
-    else:
-        config: Any = sahs_fast_trainer_config()
-        config.pipeline.datamanager.data = data
-        config.pipeline.datamanager.dataparser.data = data  # type: ignore[attr-defined]
-        if cfg.rays is not None:
-            config.pipeline.datamanager.train_num_rays_per_batch = cfg.rays
-        config.pipeline.model.audio_attention_start_step = steps // 2  # type: ignore[attr-defined]
-        config.optimizers = fast_optimizers(steps=steps)
-    config.pipeline.model = _switched(config.pipeline.model, use_warp, use_hyper)
-    config.pipeline.datamanager.pixel_sampler.mode = sampler  # type: ignore[attr-defined]
-    return config
+
+def _fast_config(cfg: BenchmarkConfig, data: Path, steps: int, **switches: Any):
+    return _method_config(cfg, data, steps, "sahs-fast", **switches)
 
 
 def _switched(model: Any, use_warp: bool, use_hyper: bool) -> Any:
