@@ -7,20 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-ALL_ROWS: tuple[str, ...] = (
-    "sahs-fast",
-    "sahs-fast-uniform",
-    "sahs-fast-no-warp",
-    "sahs-fast-no-hyper",
-    "sahs-fast-nerface",
-    "sahs",
-    "sahs-uniform",
-    "sahs-no-hyper",
-    "sahs-no-warp",
-    "sahs-nerface",
-    "nerfacto",
-    "dnerf",
-)
 DEFAULT_ROWS: tuple[str, ...] = (
     "sahs-fast",
     "sahs-fast-uniform",
@@ -30,6 +16,14 @@ DEFAULT_ROWS: tuple[str, ...] = (
     "sahs",
 )
 """The variant people train (``sahs-fast``), its sampler and conditioning ablations, and the faithful ``sahs``."""
+ALL_ROWS: tuple[str, ...] = DEFAULT_ROWS + (
+    "sahs-uniform",
+    "sahs-no-hyper",
+    "sahs-no-warp",
+    "sahs-nerface",
+    "nerfacto",
+    "dnerf",
+)
 
 FULL_ROW = "sahs-fast"
 """The row the ablations and the sampler are compared against."""
