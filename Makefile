@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
+	# MediaPipe's metadata asks for opencv-contrib-python, which would overwrite nerfstudio's headless cv2
+	# (and needs libGL): install it without dependencies; its small pure ones are in pyproject.toml.
+	$(PY) -m pip install --quiet --no-deps "mediapipe==0.10.9"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 from jaxtyping import UInt8
@@ -35,6 +35,10 @@ class DecodeInfo:
     """Frames decoded from the file (before resampling to ``fps``)."""
     has_audio: bool
     audio_seconds: float
+    crop: str = "centre"
+    """How frames were cut: ``face`` (``crop_box``), ``centre`` or ``none``."""
+    crop_box: Optional[List[int]] = None
+    """``[x, y, side]`` of the face crop in source pixels."""
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=1))
@@ -44,15 +48,32 @@ class DecodeInfo:
         return DecodeInfo(**json.loads(path.read_text()))
 
 
+@dataclass
+class CropBox:
+    """A square ``[y, y + side) x [x, x + side)`` of the source frame, pixels (see :mod:`.framing`)."""
+
+    x: int
+    y: int
+    side: int
+
+    def apply(self, rgb: np.ndarray) -> np.ndarray:
+        return rgb[self.y : self.y + self.side, self.x : self.x + self.side]
+
+
 def frame_path(frames_dir: Path, index: int) -> Path:
     """The work folder's copy of decoded frame ``index``."""
     return frames_dir / f"{index:06d}.jpg"
 
 
-def square_crop_resize(rgb: UInt8[np.ndarray, "H W 3"], size: int, crop: bool) -> UInt8[np.ndarray, "h w 3"]:
-    """Centre-crop to a square (``crop``) and scale the shorter side to ``size`` (0 keeps the size)."""
+def square_crop_resize(
+    rgb: UInt8[np.ndarray, "H W 3"], size: int, crop: bool, box: Optional[CropBox] = None
+) -> UInt8[np.ndarray, "h w 3"]:
+    """Cut ``box`` out, or centre-crop to a square (``crop``), then scale the shorter side to ``size``
+    (0 keeps the size)."""
     import cv2
 
+    if box is not None:
+        rgb = box.apply(rgb)
     h, w = rgb.shape[:2]
     if crop and h != w:
         side = min(h, w)
@@ -80,7 +101,7 @@ def _open(path: Path):
         raise FormatError(path, "<file>", "a video PyAV can read", f"{type(err).__name__}: {err}") from None
 
 
-def _resampled_frames(path: Path, fps: float) -> Iterator[Tuple[UInt8[np.ndarray, "H W 3"], int]]:
+def resampled_frames(path: Path, fps: float) -> Iterator[Tuple[UInt8[np.ndarray, "H W 3"], int]]:
     """Source frames at a constant ``fps`` (nearest in time), with the count of source frames so far."""
     import av
 
@@ -175,8 +196,10 @@ def decode(
     fps: float = 25.0,
     min_seconds: float = 1.0,
     on_frame: Optional[Callable[[int], None]] = None,
+    box: Optional[CropBox] = None,
 ) -> DecodeInfo:
-    """Write ``frames_dir/<k>.jpg`` at ``fps`` and, when the video has sound, ``audio_path`` (16 kHz wav)."""
+    """Write ``frames_dir/<k>.jpg`` at ``fps`` and, when the video has sound, ``audio_path`` (16 kHz wav);
+    frames are cut to ``box`` when given, else centre-cropped to a square when ``crop``."""
     import soundfile
 
     if fps <= 0:
@@ -185,10 +208,10 @@ def decode(
     num = source = 0
     src_shape = (0, 0)
     out_shape = (0, 0)
-    for rgb, count in _resampled_frames(video, fps):
+    for rgb, count in resampled_frames(video, fps):
         source = count
         src_shape = rgb.shape[:2]
-        small = square_crop_resize(rgb, size, crop)
+        small = square_crop_resize(rgb, size, crop, box)
         out_shape = small.shape[:2]
         # Replaced, not overwritten: a layout may hold a hard link to the previous run's frame.
         write_jpeg(frame_path(frames_dir, num), small)
@@ -219,4 +242,6 @@ def decode(
         source_frames=int(source),
         has_audio=samples is not None,
         audio_seconds=0.0 if samples is None else samples.shape[0] / FEATURE_SAMPLE_RATE,
+        crop="face" if box is not None else ("centre" if crop else "none"),
+        crop_box=None if box is None else [box.x, box.y, box.side],
     )

@@ -1,7 +1,7 @@
-"""Stage 2: 68 landmarks per frame, tracked over the video (:class:`FaceTracker`); gaps; smoothing.
+"""Stage 2: the face mesh and person matte per frame, tracked over the video; gaps; smoothing.
 
-The detector, the tracker and LMD live in :mod:`sahs_nerfstudio.utils.face_landmarks` (the models'
-lip-sync metric uses the same detector); this module runs the tracker over a video's frames.
+The tracker is :class:`~sahs_nerfstudio.process.face_mesh.MeshTracker` (MediaPipe's 478-point
+mesh and selfie matte). The matte of every frame is written as a grey PNG for the later stages.
 
 Frames without a face: gaps up to ``max_gap`` frames between two faces are linearly interpolated;
 longer gaps (and gaps at either end) are dropped and reported with their time ranges.
@@ -11,37 +11,50 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 from jaxtyping import Bool, Float
 
-from sahs_nerfstudio.utils.face_landmarks import FaceTracker
+from sahs_nerfstudio.process import images
+from sahs_nerfstudio.process.face_mesh import NUM_POINTS, MeshTracker
 
 
 @dataclass
 class TrackResult:
-    """Raw per-frame landmarks (NaN where no face) and what the tracker saw."""
+    """Raw per-frame meshes (NaN where no face) and what the tracker saw."""
 
-    points: Float[np.ndarray, "N 68 2"]
-    detections: int = 0
-    """How many frames ran the detector."""
+    mesh: Float[np.ndarray, "N 478 3"]
     max_faces: int = 0
-    """The most faces the detector found in one frame."""
+    """The most faces found in one frame."""
     multi_face_frame: int = -1
-    """The first frame where it found more than one (-1: never)."""
+    """The first frame with more than one (-1: never)."""
 
 
-def track(frames: List[Path], read: Callable[[Path], np.ndarray], tracker: FaceTracker, on_frame=None) -> TrackResult:
-    """Run the tracker over frame files in order."""
-    points = np.full((len(frames), 68, 2), np.nan)
-    for k, path in enumerate(frames):
-        pts = tracker.step(read(path), k)
-        if pts is not None:
-            points[k] = pts
-        if on_frame is not None:
-            on_frame(k + 1)
-    return TrackResult(points, tracker.result_detections, tracker.max_faces, tracker.multi_face_frame)
+def matte_path(folder: Path, index: int) -> Path:
+    return folder / f"{index:06d}.png"
+
+
+def track(
+    frames: List[Path],
+    read: Callable[[Path], np.ndarray],
+    matte_dir: Path,
+    on_frame: Optional[Callable[[int], None]] = None,
+) -> TrackResult:
+    """Run the tracker over frame files in order, writing each frame's matte to ``matte_dir``."""
+    tracker = MeshTracker()
+    mesh = np.full((len(frames), NUM_POINTS, 3), np.nan)
+    try:
+        for k, path in enumerate(frames):
+            found = tracker.step(read(path), k)
+            if found.mesh is not None:
+                mesh[k] = found.mesh
+            images.write_png(matte_path(matte_dir, k), found.matte)
+            if on_frame is not None:
+                on_frame(k + 1)
+    finally:
+        tracker.close()
+    return TrackResult(mesh, tracker.max_faces, tracker.multi_face_frame)
 
 
 @dataclass
@@ -61,9 +74,7 @@ def runs(mask: np.ndarray) -> List[Tuple[int, int]]:
     return [(int(a), int(b) - 1) for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
 
-def fill_gaps(
-    points: Float[np.ndarray, "N 68 2"], max_gap: int
-) -> Tuple[np.ndarray, Bool[np.ndarray, " N"], GapReport]:
+def fill_gaps(points: Float[np.ndarray, "N P D"], max_gap: int) -> Tuple[np.ndarray, Bool[np.ndarray, " N"], GapReport]:
     """Interpolate interior gaps of at most ``max_gap`` frames; the rest stay NaN and are not kept."""
     points = points.copy()
     missing = np.isnan(points).any(axis=(1, 2))
@@ -80,7 +91,7 @@ def fill_gaps(
     return points, kept, report
 
 
-def smooth(points: Float[np.ndarray, "N 68 2"], kept: Bool[np.ndarray, " N"], sigma: float) -> np.ndarray:
+def smooth(points: Float[np.ndarray, "N P D"], kept: Bool[np.ndarray, " N"], sigma: float) -> np.ndarray:
     """Gaussian smoothing over time (``sigma`` in frames) within each run of kept frames."""
     from scipy.ndimage import gaussian_filter1d
 

@@ -21,9 +21,9 @@ from jaxtyping import Float, Int, UInt8
 from sahs_nerfstudio.data import eye, formats
 from sahs_nerfstudio.data import semantics as sem
 from sahs_nerfstudio.process import images
-from sahs_nerfstudio.process.background import face_rect, nerface_bbox
 from sahs_nerfstudio.process.expression import EYE_CHANNELS
 from sahs_nerfstudio.process.parallel import run_indexed
+from sahs_nerfstudio.process.regions import face_rect, nerface_bbox
 
 NERFACE_MAX_VAL = 5
 """NeRFace validation frames: at most this many, evenly spaced over the held-out tail."""

@@ -1,15 +1,18 @@
 """The stages of ``sahs-process`` in order, each skipped when its outputs exist (unless ``force``).
 
-Work files live in ``<output>/work``; the datasets in ``<output>/nerface`` and ``<output>/adnerf``;
-``<output>/report.json`` and ``<output>/contact_sheet.png`` at the end. Notes a person must know
-(gaps, several faces, no audio) are printed once as ``sahs-process: ...`` lines and kept in the report.
+Each stage is a small function of the :class:`Clip` it reads and fills; :data:`STAGES` lists them in
+the order they run. Work files live in ``<output>/work``; the datasets in ``<output>/nerface`` and
+``<output>/adnerf``; ``<output>/report.json`` and ``<output>/contact_sheet.png`` at the end. Notes a
+person must know (gaps, several faces, no audio, the crop) are printed once as ``sahs-process: ...``
+lines and kept in the report. A dataset's last file (``transforms_val.json``) is written last, so a
+run stopped half-way never leaves a layout that looks complete.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Literal, Optional
 
@@ -23,15 +26,18 @@ from sahs_nerfstudio.process import background as bgm
 from sahs_nerfstudio.process import decode as dec
 from sahs_nerfstudio.process import images
 from sahs_nerfstudio.process import landmarks as lmk
-from sahs_nerfstudio.process.expression import expression_codes
+from sahs_nerfstudio.process.expression import LEADING, expression_codes
+from sahs_nerfstudio.process.face_mesh import to_68
+from sahs_nerfstudio.process.framing import choose_crop
 from sahs_nerfstudio.process.layouts import LayoutInputs, write_adnerf, write_nerface
 from sahs_nerfstudio.process.parallel import cpu_seconds, run_indexed
 from sahs_nerfstudio.process.pose import PoseResult, camera_to_world, solve_poses
+from sahs_nerfstudio.process.regions import FaceRegions
 from sahs_nerfstudio.process.report import contact_sheet, write_report
-from sahs_nerfstudio.process.segmentation import frame_labels
+from sahs_nerfstudio.process.segmentation import ColourModels, fit_colour_models, frame_labels
+from sahs_nerfstudio.process.shape import SubjectShape, subject_shape
 
 PROG = "sahs-process"
-STAGES = ("decode", "landmarks", "pose", "expression", "background", "segmentation", "audio", "layouts", "report")
 
 
 @dataclass
@@ -45,9 +51,11 @@ class ProcessConfig:
     layout: Literal["nerface", "adnerf", "both"] = "both"
     """Which dataset layouts to write (AD-NeRF needs an audio track)."""
     size: int = 512
-    """Frames are centre-cropped to a square and resized to this many pixels (0 keeps the size)."""
-    crop: bool = True
-    """Centre-crop to a square before resizing (otherwise the shorter side is scaled to ``size``)."""
+    """Frames are cropped to a square and resized to this many pixels (0 keeps the size)."""
+    crop: Literal["auto", "face", "centre", "none"] = "auto"
+    """``face``: one square around the head and shoulders for the whole clip; ``centre``: the centre
+    square; ``none``: no crop (the shorter side is scaled to ``size``); ``auto``: ``face`` when the face
+    is small in the frame, else ``centre``."""
     fps: float = 25.0
     """Target frame rate; variable-rate video is resampled to it."""
     min_seconds: float = 1.0
@@ -56,14 +64,12 @@ class ProcessConfig:
     """Gaps without a face up to this long are interpolated; longer ones are dropped."""
     landmark_smoothing: float = 0.75
     """Temporal Gaussian smoothing of the landmarks, in frames (0: none)."""
-    redetect_every: int = 25
-    """Frames between detector checks while tracking."""
     focal: Optional[float] = None
     """Focal length in pixels of the output frames; estimated over the sequence when omitted."""
     pose_smoothness: float = 1.0
     """Weight of the frame-to-frame pose change against the reprojection error (0: per-frame PnP only)."""
     expression_dim: int = 76
-    """Width of the expression code (6 interpretable channels, then PCA scores)."""
+    """Width of the expression code (8 interpretable channels, then PCA scores)."""
     val_fraction: Optional[float] = None
     """Held-out tail as a fraction of the kept frames; default each layout's own (AD-NeRF's last 1/11)."""
     background_stride: int = 10
@@ -93,8 +99,8 @@ def _check(config: ProcessConfig) -> None:
         raise flag_error("--fps", "a positive frame rate", config.fps)
     if config.size < 0 or (0 < config.size < 64):
         raise flag_error("--size", "0 (keep) or at least 64 pixels", config.size)
-    if config.expression_dim < 6:
-        raise flag_error("--expression-dim", "at least 6", config.expression_dim)
+    if config.expression_dim < len(LEADING):
+        raise flag_error("--expression-dim", f"at least {len(LEADING)}", config.expression_dim)
     if config.val_fraction is not None and not 0 < config.val_fraction < 1:
         raise flag_error("--val-fraction", "a fraction between 0 and 1", config.val_fraction)
     if config.focal is not None and config.focal <= 0:
@@ -129,223 +135,363 @@ class Runner:
         return lambda n: self.progress(stage, n, total)
 
 
-def run(config: ProcessConfig, progress: Optional[Callable[[str, int, int], None]] = None) -> Dict[str, Any]:
-    """All stages; returns the report (also written to ``<output>/report.json``)."""
-    _check(config)
-    work = config.work
-    work.mkdir(parents=True, exist_ok=True)
-    runner = Runner(config, progress)
-    notes: List[str] = []
-    frames_dir, audio_wav = work / "frames", work / "audio.wav"
+@dataclass
+class Clip:
+    """What the stages know about the clip so far; each stage reads some fields and fills others."""
 
-    # 1. decode
+    config: ProcessConfig
+    runner: Runner
+    notes: List[str] = field(default_factory=list)
+    info: Optional[dec.DecodeInfo] = None
+    frame_files: List[Path] = field(default_factory=list)
+    layouts: List[str] = field(default_factory=list)
+    mesh: np.ndarray = field(default_factory=lambda: np.zeros((0, 478, 3)))
+    """Smoothed, gap-filled meshes, [N, 478, 3] pixels (NaN where dropped)."""
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 68, 2)))
+    """The 68 points of :attr:`mesh`."""
+    kept_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    track: Dict[str, Any] = field(default_factory=dict)
+    shape: Optional[SubjectShape] = None
+    pose: Optional[PoseResult] = None
+    c2w: np.ndarray = field(default_factory=lambda: np.zeros((0, 4, 4)))
+    codes: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    names: List[str] = field(default_factory=list)
+    background: Optional[np.ndarray] = None
+    colours: Optional[ColourModels] = None
+    split_counts: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def work(self) -> Path:
+        return self.config.work
+
+    def note(self, message: str) -> None:
+        note(self.notes, message)
+
+    def read_frame(self, f: int) -> np.ndarray:
+        return images.read_image(self.frame_files[f])
+
+    def read_matte(self, f: int) -> np.ndarray:
+        return images.read_image(lmk.matte_path(self.work / "matte", f), "<matte>", grey=True)
+
+    def read_labels_kept(self, i: int) -> np.ndarray:
+        path = self.work / "labels" / f"{self.kept_idx[i]:06d}.png"
+        return images.read_image(path, "<labels>", grey=True).astype(np.int64)
+
+    def sample_frames(self) -> List[int]:
+        """Every ``--background-stride``-th kept frame, at most 60, evenly spread."""
+        picks = self.kept_idx[:: max(1, self.config.background_stride)].tolist()
+        if len(picks) > 60:
+            picks = [picks[int(round(i))] for i in np.linspace(0, len(picks) - 1, 60)]
+        return picks
+
+
+def decode_stage(clip: Clip) -> None:
+    config, work = clip.config, clip.work
     decode_json = work / "decode.json"
-    runner.stage(
-        "decode",
-        decode_json,
-        lambda: dec.decode(
+
+    def compute() -> None:
+        mode, box = choose_crop(config.crop, config.video, config.fps)
+        info = dec.decode(
             config.video,
-            frames_dir,
-            audio_wav,
+            work / "frames",
+            work / "audio.wav",
             config.size,
-            config.crop,
+            mode != "none",
             config.fps,
             config.min_seconds,
-            on_frame=runner.tick("decode", 0),
-        ).save(decode_json),
-    )
-    info = dec.DecodeInfo.load(decode_json)
-    n, w, h = info.num_frames, info.width, info.height
-    frame_files = [dec.frame_path(frames_dir, k) for k in range(n)]
-    layouts = ["nerface", "adnerf"] if config.layout == "both" else [config.layout]
+            on_frame=clip.runner.tick("decode", 0),
+            box=box,
+        )
+        info.save(decode_json)
+
+    clip.runner.stage("decode", decode_json, compute)
+    info = clip.info = dec.DecodeInfo.load(decode_json)
+    if info.crop == "face" and info.crop_box is not None:
+        x, y, side = info.crop_box
+        clip.note(f"the face is small in the frame: cropped to the {side}x{side} square at ({x}, {y}) around it")
+    clip.frame_files = [dec.frame_path(work / "frames", k) for k in range(info.num_frames)]
+    clip.layouts = ["nerface", "adnerf"] if config.layout == "both" else [config.layout]
     if not info.has_audio:
         if config.layout == "adnerf":
             raise FormatError(
                 config.video, "<audio stream>", "an audio track (the AD-NeRF layout is audio-driven)", "none"
             )
-        if "adnerf" in layouts:
-            note(notes, "no audio track: writing the NeRFace (expression) layout only; AD-NeRF needs audio")
-            layouts = ["nerface"]
+        if "adnerf" in clip.layouts:
+            clip.note("no audio track: writing the NeRFace (expression) layout only; AD-NeRF needs audio")
+            clip.layouts = ["nerface"]
 
-    # 2. landmarks
-    lm_file = work / "landmarks.npz"
 
-    def landmarks_stage() -> None:
-        tracker = lmk.FaceTracker(redetect_every=config.redetect_every)
-        res = lmk.track(frame_files, images.read_image, tracker, on_frame=runner.tick("landmarks", n))
-        max_gap = int(round(config.max_gap_seconds * config.fps))
-        filled, kept, gaps = lmk.fill_gaps(res.points, max_gap)
+def track_stage(clip: Clip) -> None:
+    """Face mesh and matte per frame; gaps filled or dropped; the mesh smoothed over time."""
+    config, n = clip.config, len(clip.frame_files)
+    lm_file = clip.work / "landmarks.npz"
+
+    def compute() -> None:
+        res = lmk.track(clip.frame_files, images.read_image, clip.work / "matte", clip.runner.tick("landmarks", n))
+        filled, kept, gaps = lmk.fill_gaps(res.mesh, int(round(config.max_gap_seconds * config.fps)))
         smooth = lmk.smooth(filled, kept, config.landmark_smoothing)
         np.savez(
             lm_file,
-            raw=res.points,
-            points=smooth,
+            raw=res.mesh.astype(np.float32),
+            mesh=smooth,
+            points=to_68(smooth)[..., :2],
             kept=kept,
             interpolated=np.array(gaps.interpolated, dtype=np.int64).reshape(-1, 2),
             dropped=np.array(gaps.dropped, dtype=np.int64).reshape(-1, 2),
-            detections=res.detections,
             max_faces=res.max_faces,
             multi_face_frame=res.multi_face_frame,
         )
 
-    runner.stage("landmarks", lm_file, landmarks_stage)
+    clip.runner.stage("landmarks", lm_file, compute)
     lm = np.load(lm_file)
-    points, kept = lm["points"], lm["kept"].astype(bool)
+    clip.mesh, clip.points = lm["mesh"], lm["points"]
+    kept = lm["kept"].astype(bool)
     interpolated = [(int(r[0]), int(r[1])) for r in lm["interpolated"]]
     dropped = [(int(r[0]), int(r[1])) for r in lm["dropped"]]
+    clip.track = {
+        "frames_without_face": int((~np.isfinite(lm["raw"]).all(axis=(1, 2))).sum()),
+        "interpolated_ranges": interpolated,
+        "dropped_ranges": dropped,
+    }
     if int(lm["max_faces"]) > 1:
-        note(
-            notes,
+        clip.note(
             f"{int(lm['max_faces'])} faces found (first in frame {int(lm['multi_face_frame'])}): "
-            "following the largest one",
+            "following the largest one"
         )
     if interpolated:
-        note(notes, f"no face in {lmk.format_ranges(interpolated, config.fps)}: interpolated (short gaps)")
+        clip.note(f"no face in {lmk.format_ranges(interpolated, config.fps)}: interpolated (short gaps)")
     if dropped:
-        note(notes, f"no face in {lmk.format_ranges(dropped, config.fps)}: dropped from the dataset")
-    kept_idx = np.flatnonzero(kept)
+        clip.note(f"no face in {lmk.format_ranges(dropped, config.fps)}: dropped from the dataset")
+    clip.kept_idx = np.flatnonzero(kept)
     min_frames = int(np.ceil(config.min_seconds * config.fps))
-    if len(kept_idx) < max(2, min_frames):
+    if len(clip.kept_idx) < max(2, min_frames):
         raise FormatError(
             config.video,
             "<faces>",
             f"a face in at least {max(2, min_frames)} frames (--min-seconds {config.min_seconds:g})",
-            f"a face in {len(kept_idx)} of {n} frames",
+            f"a face in {len(clip.kept_idx)} of {n} frames",
         )
 
-    # 3. pose
-    pose_file = work / "pose.npz"
 
-    def pose_stage() -> None:
-        p = solve_poses(points, kept, w, h, config.focal, config.pose_smoothness)
-        c2w, scale = camera_to_world(p)
+def _kept_mask(clip: Clip) -> np.ndarray:
+    kept = np.zeros(len(clip.frame_files), bool)
+    kept[clip.kept_idx] = True
+    return kept
+
+
+def pose_stage(clip: Clip) -> None:
+    """The subject's 3-D face, then a head pose per frame against it."""
+    assert clip.info is not None
+    config, info = clip.config, clip.info
+    shape_file, pose_file = clip.work / "shape.npz", clip.work / "pose.npz"
+
+    def compute() -> None:
+        kept = _kept_mask(clip)
+        shape = subject_shape(clip.mesh, kept)
+        shape.save(shape_file)
+        p = solve_poses(clip.mesh[..., :2], kept, shape, info.width, info.height, config.focal, config.pose_smoothness)
+        c2w, _ = camera_to_world(p)
         np.savez(pose_file, rvecs=p.rvecs, tvecs=p.tvecs, focal=p.focal, reprojection=p.reprojection, c2w=c2w)
 
-    runner.stage("pose", pose_file, pose_stage)
+    clip.runner.stage("pose", pose_file, compute)
+    clip.shape = SubjectShape.load(shape_file)
     pz = np.load(pose_file)
-    pose = PoseResult(pz["rvecs"], pz["tvecs"], float(pz["focal"]), pz["reprojection"])
-    c2w = pz["c2w"]
+    clip.pose = PoseResult(pz["rvecs"], pz["tvecs"], float(pz["focal"]), pz["reprojection"])
+    clip.c2w = pz["c2w"]
 
-    # 4. expression
-    expr_file = work / "expression.npz"
 
-    def expression_stage() -> None:
-        code = expression_codes(points, kept, pose, w, h, config.expression_dim)
-        np.savez(expr_file, codes=code.codes, names=np.array(code.names), components=code.components)
+def expression_stage(clip: Clip) -> None:
+    assert clip.shape is not None
+    expr_file = clip.work / "expression.npz"
 
-    runner.stage("expression", expr_file, expression_stage)
-    ez = np.load(expr_file)
-    codes, names = ez["codes"], [str(s) for s in ez["names"]]
-    if codes.shape[1] != config.expression_dim:
-        raise FormatError(
-            expr_file, "codes", f"{config.expression_dim} values per frame (--expression-dim)", str(codes.shape[1])
+    def compute() -> None:
+        assert clip.shape is not None
+        code = expression_codes(clip.mesh, _kept_mask(clip), clip.shape, clip.config.expression_dim)
+        np.savez(
+            expr_file,
+            codes=code.codes,
+            names=np.array(code.names),
+            components=code.components,
+            mean=code.mean,
+            neutral=code.neutral,
+            moving=code.moving,
         )
 
-    # 5. background
-    bg_file = work / "background.png"
+    clip.runner.stage("expression", expr_file, compute)
+    ez = np.load(expr_file)
+    clip.codes, clip.names = ez["codes"], [str(s) for s in ez["names"]]
+    if clip.codes.shape[1] != clip.config.expression_dim:
+        raise FormatError(
+            expr_file,
+            "codes",
+            f"{clip.config.expression_dim} values per frame (--expression-dim)",
+            str(clip.codes.shape[1]),
+        )
 
-    def background_stage() -> None:
+
+def background_stage(clip: Clip) -> None:
+    """The clean plate from the matte, and the clip's skin / hair / clothes colours."""
+    bg_file, colour_file = clip.work / "background.png", clip.work / "colours.npz"
+
+    def compute() -> None:
+        widths = np.zeros(len(clip.frame_files))
+        for f in clip.kept_idx:
+            widths[f] = FaceRegions.from_mesh(clip.mesh[f]).face_width
         model = bgm.background_model(
-            kept_idx.tolist(), lambda f: images.read_image(frame_files[f]), points, stride=config.background_stride
+            clip.kept_idx.tolist(), clip.read_frame, clip.read_matte, widths, stride=clip.config.background_stride
         )
         write_rgb(bg_file, model.image)
+        fit_colour_models(clip.sample_frames(), clip.read_frame, clip.read_matte, clip.mesh).save(colour_file)
 
-    runner.stage("background", bg_file, background_stage)
-    background = images.read_image(bg_file)
+    clip.runner.stage("background", colour_file, compute)
+    clip.background = images.read_image(bg_file)
+    clip.colours = ColourModels.load(colour_file)
 
-    # 6. segmentation: class indices as grey PNGs, and the colour masks both layouts link to
-    labels_dir, masks_dir = work / "labels", work / "masks"
-    seg_done = work / "labels.done"
+
+def segmentation_stage(clip: Clip) -> None:
+    """Class indices as grey PNGs, and the colour masks both layouts link to."""
+    labels_dir, masks_dir = clip.work / "labels", clip.work / "masks"
+    done = clip.work / "labels.done"
     mask_colours = images.class_colours(sem.encode_mask, sem.NUM_CLASSES)
+    colours, plate = clip.colours, clip.background
+    assert colours is not None
 
     def segment(j: int) -> None:
-        f = int(kept_idx[j])
-        labels = frame_labels(images.read_image(frame_files[f]), points[f], background)
+        f = int(clip.kept_idx[j])
+        labels = frame_labels(clip.read_frame(f), clip.read_matte(f), clip.mesh[f], colours, plate)
         images.write_png(labels_dir / f"{f:06d}.png", labels.astype(np.uint8))
         images.write_png(masks_dir / f"{f:06d}.png", images.colour(labels, mask_colours))
 
-    def segmentation_stage() -> None:
-        run_indexed(segment, len(kept_idx), config.workers, runner.tick("segmentation", len(kept_idx)))
-        seg_done.write_text("")
+    def compute() -> None:
+        count = len(clip.kept_idx)
+        run_indexed(segment, count, clip.config.workers, clip.runner.tick("segmentation", count))
+        done.write_text("")
 
-    runner.stage("segmentation", seg_done, segmentation_stage)
+    clip.runner.stage("segmentation", done, compute)
 
-    def read_labels_kept(i: int) -> np.ndarray:
-        return images.read_image(labels_dir / f"{kept_idx[i]:06d}.png", "<labels>", grey=True).astype(np.int64)
 
-    # 7. audio: the kept frames' spans of the track, and one feature window per kept frame
-    aud_file, kept_wav = work / "aud_kept.npy", work / "aud_kept.wav"
-    if info.has_audio:
-        runner.stage("audio", aud_file, lambda: pau.kept_audio(audio_wav, kept_idx, config.fps, kept_wav, aud_file))
-        tail = pau.silent_tail_note(kept_idx, config.fps, info.audio_seconds)
-        if tail and "adnerf" in layouts:
-            note(notes, tail)
-
-    # 8. layouts
-    inputs = LayoutInputs(
-        read_frame=lambda i: images.read_image(frame_files[kept_idx[i]]),
-        frame_file=lambda i: frame_files[kept_idx[i]],
-        mask_file=lambda i: masks_dir / f"{kept_idx[i]:06d}.png",
-        read_labels=read_labels_kept,
-        landmarks=points[kept_idx],
-        c2w=c2w[kept_idx],
-        expressions=codes[kept_idx],
-        focal=pose.focal,
-        width=w,
-        height=h,
-        background=background,
-        val_fraction=config.val_fraction,
+def audio_stage(clip: Clip) -> None:
+    """The kept frames' spans of the track, and one feature window per kept frame."""
+    assert clip.info is not None
+    if not clip.info.has_audio:
+        return
+    work = clip.work
+    clip.runner.stage(
+        "audio",
+        work / "aud_kept.npy",
+        lambda: pau.kept_audio(
+            work / "audio.wav", clip.kept_idx, clip.config.fps, work / "aud_kept.wav", work / "aud_kept.npy"
+        ),
     )
-    split_counts: Dict[str, Any] = {}
-    for layout in layouts:
-        root = config.output / layout
-        done = root / "transforms_val.json"
+    tail = pau.silent_tail_note(clip.kept_idx, clip.config.fps, clip.info.audio_seconds)
+    if tail and "adnerf" in clip.layouts:
+        clip.note(tail)
 
-        def layout_stage(layout: str = layout, root: Path = root) -> None:
-            tick = runner.tick(f"layout {layout}", len(kept_idx))
+
+def layout_inputs(clip: Clip) -> LayoutInputs:
+    assert clip.info is not None and clip.pose is not None and clip.background is not None
+    kept = clip.kept_idx
+    return LayoutInputs(
+        read_frame=lambda i: clip.read_frame(int(kept[i])),
+        frame_file=lambda i: clip.frame_files[kept[i]],
+        mask_file=lambda i: clip.work / "masks" / f"{kept[i]:06d}.png",
+        read_labels=clip.read_labels_kept,
+        landmarks=clip.points[kept],
+        c2w=clip.c2w[kept],
+        expressions=clip.codes[kept],
+        focal=clip.pose.focal,
+        width=clip.info.width,
+        height=clip.info.height,
+        background=clip.background,
+        val_fraction=clip.config.val_fraction,
+    )
+
+
+def layouts_stage(clip: Clip) -> None:
+    inputs = layout_inputs(clip)
+    work = clip.work
+    for layout in clip.layouts:
+        root = clip.config.output / layout
+
+        def compute(layout: str = layout, root: Path = root) -> None:
+            tick = clip.runner.tick(f"layout {layout}", inputs.num)
             if layout == "nerface":
-                split_counts[layout] = write_nerface(root, inputs, tick, config.workers)
+                clip.split_counts[layout] = write_nerface(root, inputs, tick, clip.config.workers)
             else:
-                feats = np.load(aud_file)
-                split_counts[layout] = write_adnerf(root, inputs, feats, kept_wav, tick, config.workers)
+                feats = np.load(work / "aud_kept.npy")
+                clip.split_counts[layout] = write_adnerf(
+                    root, inputs, feats, work / "aud_kept.wav", tick, clip.config.workers
+                )
 
-        runner.stage(f"layout_{layout}", done, layout_stage)
+        clip.runner.stage(f"layout_{layout}", root / "transforms_val.json", compute)
 
-    # 9. report
+
+STAGES: List[Callable[[Clip], None]] = [
+    decode_stage,
+    track_stage,
+    pose_stage,
+    expression_stage,
+    background_stage,
+    segmentation_stage,
+    audio_stage,
+    layouts_stage,
+]
+"""The stages in the order they run (the report comes last, in :func:`run`)."""
+
+
+def report_stage(clip: Clip) -> Dict[str, Any]:
+    assert clip.info is not None and clip.pose is not None
+    config, info, pose, kept = clip.config, clip.info, clip.pose, clip.kept_idx
+    reproj = pose.reprojection[kept]
     report: Dict[str, Any] = {
         "video": str(config.video),
-        "frames_decoded": n,
-        "frames_kept": int(len(kept_idx)),
-        "frames_without_face": int((~np.isfinite(lm["raw"]).all(axis=(1, 2))).sum()),
-        "interpolated_ranges": interpolated,
-        "dropped_ranges": dropped,
-        "kept_frames": kept_idx.tolist(),
+        "frames_decoded": info.num_frames,
+        "frames_kept": int(len(kept)),
+        **clip.track,
+        "kept_frames": kept.tolist(),
         "fps": config.fps,
-        "size": [w, h],
+        "size": [info.width, info.height],
+        "crop": info.crop,
+        "crop_box": info.crop_box,
         "has_audio": info.has_audio,
-        "layouts": layouts,
-        "splits": split_counts,
+        "layouts": clip.layouts,
+        "splits": clip.split_counts,
         "focal_px": pose.focal,
-        "reprojection_rms_px": float(np.nanmean(pose.reprojection)),
-        "detector_runs": int(lm["detections"]),
-        "expression_channels": names[:6],
-        "expression_dim": int(codes.shape[1]),
-        "notes": notes,
-        "stage_seconds": runner.seconds,
-        "skipped_stages": runner.skipped,
+        "reprojection_rms_px": float(np.nanmean(reproj)),
+        "reprojection_median_px": float(np.nanmedian(reproj)),
+        "reprojection_max_px": float(np.nanmax(reproj)),
+        "reprojection_px": [None if not np.isfinite(v) else float(v) for v in pose.reprojection],
+        "rigid_vertices": int(len(clip.shape.rigid)) if clip.shape is not None else 0,
+        "colour_models": sorted(k for k, v in (clip.colours.models if clip.colours else {}).items() if v is not None),
+        "expression_channels": clip.names[: len(LEADING)],
+        "expression_dim": int(clip.codes.shape[1]),
+        "notes": clip.notes,
+        "stage_seconds": clip.runner.seconds,
+        "skipped_stages": clip.runner.skipped,
     }
     start = time.perf_counter()
-    picks = np.linspace(0, len(kept_idx) - 1, min(config.contact_frames, len(kept_idx))).round().astype(int)
+    inputs = layout_inputs(clip)
+    picks = np.linspace(0, len(kept) - 1, min(config.contact_frames, len(kept))).round().astype(int)
     contact_sheet(
         config.output / "contact_sheet.png",
         sorted(set(picks.tolist())),
         inputs.read_frame,
-        read_labels_kept,
+        clip.read_labels_kept,
         inputs.landmarks,
         pose,
-        kept_idx.tolist(),
+        kept.tolist(),
     )
     report["stage_seconds"]["report"] = time.perf_counter() - start
-    runner.seconds_file.write_text(json.dumps(runner.seconds, indent=1))
+    clip.runner.seconds_file.write_text(json.dumps(clip.runner.seconds, indent=1))
     write_report(config.output / "report.json", report)
     return report
+
+
+def run(config: ProcessConfig, progress: Optional[Callable[[str, int, int], None]] = None) -> Dict[str, Any]:
+    """All stages; returns the report (also written to ``<output>/report.json``)."""
+    _check(config)
+    config.work.mkdir(parents=True, exist_ok=True)
+    clip = Clip(config, Runner(config, progress))
+    for stage in STAGES:
+        stage(clip)
+    return report_stage(clip)

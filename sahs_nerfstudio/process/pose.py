@@ -1,19 +1,22 @@
-"""Stage 3: head pose per frame by PnP against the generic template, a sequence focal, smoothing.
+"""Stage 3: head pose per frame by PnP against the subject's own 3-D face, a sequence focal, smoothing.
+
+The 3-D face is :class:`~sahs_nerfstudio.process.shape.SubjectShape` (the clip's mesh, aligned and
+in the template's frame); the 2-D points are the tracked mesh's rigid vertices.
 
 1. **Focal**: PnP on up to 40 frames for focal lengths ``c * min(W, H)``, ``c`` in 0.8 ... 4; the
-   reprojection error of a generic template barely tells these apart (a face is shallow), so the
-   focal nearest the default ``1.4 * min(W, H)`` (about 40 degrees of vertical view, the synthetic
-   subject's) among those within 5 % of the best error wins. ``--focal`` skips the search.
-2. **Per frame**: OpenCV ``solvePnP`` on the rigid points (:data:`~sahs_nerfstudio.process.template.RIGID`),
-   each frame seeded by the previous one.
-3. **Sequence refinement**: all poses jointly by least squares, reprojection error (pixels) plus
-   ``smoothness`` times the frame-to-frame change of the pose (expressed in pixels of head motion);
-   runs of kept frames are refined separately (no smoothing across a dropped gap).
+   reprojection error barely tells these apart (a face is shallow), so the focal nearest the default
+   ``1.4 * min(W, H)`` (about 40 degrees of vertical view, the synthetic subject's) among those within
+   5 % of the best error wins. ``--focal`` skips the search.
+2. **Per frame**: OpenCV ``solvePnP`` on the rigid vertices, each frame seeded by the previous one.
+3. **Sequence refinement**: all poses jointly by robust least squares (soft-L1 with a scale of
+   ``ROBUST_PX`` pixels, so a few badly tracked vertices cannot pull a frame), reprojection error
+   (pixels) plus ``smoothness`` times the frame-to-frame change of the pose (in pixels of head
+   motion); runs of kept frames are refined separately (no smoothing across a dropped gap).
 
 The camera-to-world of frame k is the inverse of the head pose (the head is fixed at the origin and
 the camera moves), in the layouts' convention (camera looks along -z, y up); the world is scaled so
 that the mean camera distance is ``target_distance`` (0.5: inside NeRFace's near/far 0.2/0.8, and
-AD-NeRF's mean-distance - 0.2 / + 0.4), which also scales the template.
+AD-NeRF's mean-distance - 0.2 / + 0.4), which also scales the shape.
 """
 
 from __future__ import annotations
@@ -24,11 +27,14 @@ from typing import Optional, Tuple
 import numpy as np
 from jaxtyping import Bool, Float
 
-from sahs_nerfstudio.process.template import RIGID, generic_template
+from sahs_nerfstudio.process.shape import SubjectShape
+from sahs_nerfstudio.process.template import FLIP as _FLIP
 
 DEFAULT_FOCAL_SCALE = 1.4
 TARGET_DISTANCE = 0.5
-_FLIP = np.diag([1.0, -1.0, -1.0])  # the layouts' camera (y up, looks along -z) <-> OpenCV's (y down, +z)
+ROBUST_PX = 2.0
+REFINE_POINTS = 60
+"""The most stable rigid vertices the sequence refinement uses (its cost grows with them)."""
 
 
 @dataclass
@@ -42,7 +48,7 @@ class PoseResult:
     focal: float
     """Pixels."""
     reprojection: Float[np.ndarray, " N"]
-    """RMS reprojection error of the rigid points, pixels."""
+    """RMS reprojection error of the rigid vertices, pixels."""
 
 
 def camera_matrix(focal: float, width: int, height: int) -> np.ndarray:
@@ -70,19 +76,16 @@ def project(
     return uv * np.array([k[0, 0], k[1, 1]]) + np.array([k[0, 2], k[1, 2]])
 
 
-def template_cv() -> np.ndarray:
-    return generic_template() @ _FLIP.T
-
-
-def _solve(points2d: np.ndarray, k: np.ndarray, guess: Optional[Tuple[np.ndarray, np.ndarray]]):
+def _solve(points2d: np.ndarray, obj: np.ndarray, k: np.ndarray, guess: Optional[Tuple[np.ndarray, np.ndarray]]):
+    """PnP of one frame: 2-D ``points2d`` [P, 2] against 3-D ``obj`` [P, 3]; rvec, tvec, RMS pixels."""
     import cv2
 
-    obj = template_cv()[list(RIGID)]
-    img = points2d[list(RIGID)].astype(np.float64)
+    img = points2d.astype(np.float64)
     if guess is None:
-        # Frontal at the distance the eye-corner spread implies.
-        size = np.linalg.norm(img[-1] - img[-4])
-        depth = k[0, 0] * np.linalg.norm(obj[-1] - obj[-4]) / max(size, 1e-6)
+        # Frontal at the distance the points' spread implies.
+        size = np.sqrt(((img - img.mean(0)) ** 2).sum(-1).mean())
+        extent = np.sqrt(((obj[:, :2] - obj[:, :2].mean(0)) ** 2).sum(-1).mean())
+        depth = k[0, 0] * extent / max(size, 1e-6)
         centre = (img.mean(0) - k[:2, 2]) / k[0, 0] * depth
         guess = (np.zeros(3), np.array([centre[0], centre[1], depth]))
     rvec, tvec = guess[0].reshape(3, 1).copy(), guess[1].reshape(3, 1).copy()
@@ -92,7 +95,9 @@ def _solve(points2d: np.ndarray, k: np.ndarray, guess: Optional[Tuple[np.ndarray
     return r, t, float(np.sqrt((err**2).sum(-1).mean()))
 
 
-def _per_frame(points: np.ndarray, kept: np.ndarray, k: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _per_frame(
+    points: np.ndarray, obj: np.ndarray, kept: np.ndarray, k: np.ndarray
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     n = len(points)
     rvecs, tvecs, errs = np.full((n, 3), np.nan), np.full((n, 3), np.nan), np.full(n, np.nan)
     guess = None
@@ -100,23 +105,23 @@ def _per_frame(points: np.ndarray, kept: np.ndarray, k: np.ndarray) -> Tuple[np.
         if not kept[f]:
             guess = None
             continue
-        r, t, e = _solve(points[f], k, guess)
+        r, t, e = _solve(points[f], obj, k, guess)
         if t[2] <= 0:  # behind the camera: restart from the frontal guess
-            r, t, e = _solve(points[f], k, None)
+            r, t, e = _solve(points[f], obj, k, None)
         rvecs[f], tvecs[f], errs[f] = r, t, e
         guess = (r, t)
     return rvecs, tvecs, errs
 
 
-def estimate_focal(points: np.ndarray, kept: np.ndarray, width: int, height: int) -> float:
-    """The sequence focal (see the module docstring)."""
+def estimate_focal(points: np.ndarray, obj: np.ndarray, kept: np.ndarray, width: int, height: int) -> float:
+    """The sequence focal (see the module docstring); ``points`` [N, P, 2] against ``obj`` [P, 3]."""
     idx = np.flatnonzero(kept)
     idx = idx[np.linspace(0, len(idx) - 1, min(40, len(idx))).round().astype(int)]
     scales = np.geomspace(0.8, 4.0, 15)
     errors = []
     for c in scales:
         k = camera_matrix(c * min(width, height), width, height)
-        errors.append(float(np.median([_solve(points[f], k, None)[2] for f in idx])))
+        errors.append(float(np.median([_solve(points[f], obj, k, None)[2] for f in idx])))
     errors_arr = np.asarray(errors)
     ok = errors_arr <= errors_arr.min() * 1.05 + 1e-9
     best = scales[ok][np.argmin(np.abs(np.log(scales[ok] / DEFAULT_FOCAL_SCALE)))]
@@ -124,25 +129,22 @@ def estimate_focal(points: np.ndarray, kept: np.ndarray, width: int, height: int
 
 
 def _refine_run(
-    points: np.ndarray, rvecs: np.ndarray, tvecs: np.ndarray, k: np.ndarray, smoothness: float
+    points: np.ndarray, obj: np.ndarray, rvecs: np.ndarray, tvecs: np.ndarray, k: np.ndarray, smoothness: float
 ) -> Tuple[np.ndarray, np.ndarray]:
-    """Joint least squares over one run of consecutive frames."""
+    """Joint robust least squares over one run of consecutive frames (``points`` [n, P, 2], ``obj`` [P, 3])."""
     from scipy.optimize import least_squares
     from scipy.sparse import lil_matrix
 
-    n = len(points)
-    obj = template_cv()[list(RIGID)]
-    img = points[:, list(RIGID)]
+    n, p = points.shape[:2]
     depth = float(np.mean(tvecs[:, 2]))
     head = 0.08  # template units: a typical lever arm of the rigid points
     f = k[0, 0]
     # Frame-to-frame pose change in pixels of image motion it causes.
     weights = np.sqrt(smoothness) * np.array([f * head / depth] * 3 + [f / depth] * 2 + [f * head / depth**2])
-    p = len(RIGID)
 
     def residuals(x: np.ndarray) -> np.ndarray:
         pose = x.reshape(n, 6)
-        reproj = (project(pose[:, :3], pose[:, 3:], obj, k) - img).reshape(-1)
+        reproj = (project(pose[:, :3], pose[:, 3:], obj, k) - points).reshape(-1)
         steps = ((pose[1:] - pose[:-1]) * weights).reshape(-1)
         return np.concatenate([reproj, steps])
 
@@ -153,14 +155,24 @@ def _refine_run(
         rows = slice(n * p * 2 + fr * 6, n * p * 2 + (fr + 1) * 6)
         sparsity[rows, fr * 6 : (fr + 2) * 6] = 1
     x0 = np.concatenate([rvecs, tvecs], axis=1).reshape(-1)
-    sol = least_squares(residuals, x0, jac_sparsity=sparsity, method="trf", x_scale="jac", max_nfev=30)
+    sol = least_squares(
+        residuals,
+        x0,
+        jac_sparsity=sparsity,
+        method="trf",
+        x_scale="jac",
+        loss="soft_l1",
+        f_scale=ROBUST_PX,
+        max_nfev=30,
+    )
     pose = sol.x.reshape(n, 6)
     return pose[:, :3], pose[:, 3:]
 
 
 def solve_poses(
-    points: Float[np.ndarray, "N 68 2"],
+    mesh2d: Float[np.ndarray, "N 478 2"],
     kept: Bool[np.ndarray, " N"],
+    shape: SubjectShape,
     width: int,
     height: int,
     focal: Optional[float] = None,
@@ -169,20 +181,22 @@ def solve_poses(
     """Focal, per-frame PnP, then the smoothed sequence refinement (module docstring)."""
     from sahs_nerfstudio.process.landmarks import runs
 
+    obj, points = shape.points[shape.rigid], mesh2d[:, shape.rigid]
     if focal is None:
-        focal = estimate_focal(points, kept, width, height)
+        focal = estimate_focal(points, obj, kept, width, height)
     k = camera_matrix(focal, width, height)
-    rvecs, tvecs, _ = _per_frame(points, kept, k)
+    rvecs, tvecs, _ = _per_frame(points, obj, kept, k)
     if smoothness > 0:
+        stable = np.argsort(shape.residual[shape.rigid])[:REFINE_POINTS]
         for a, b in runs(kept):
             if b > a:
                 rvecs[a : b + 1], tvecs[a : b + 1] = _refine_run(
-                    points[a : b + 1], rvecs[a : b + 1], tvecs[a : b + 1], k, smoothness
+                    points[a : b + 1, stable], obj[stable], rvecs[a : b + 1], tvecs[a : b + 1], k, smoothness
                 )
     errs = np.full(len(points), np.nan)
     ok = np.flatnonzero(kept)
     if len(ok):
-        diff = project(rvecs[ok], tvecs[ok], template_cv()[list(RIGID)], k) - points[ok][:, list(RIGID)]
+        diff = project(rvecs[ok], tvecs[ok], obj, k) - points[ok]
         errs[ok] = np.sqrt((diff**2).sum(-1).mean(-1))
     return PoseResult(rvecs=rvecs, tvecs=tvecs, focal=float(focal), reprojection=errs)
 

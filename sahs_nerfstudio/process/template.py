@@ -30,3 +30,12 @@ def generic_template() -> Float[np.ndarray, "68 3"]:
     points = landmarks_3d(neutral, 0)  # type: ignore[arg-type]  # it reads only ``controls``
     points.setflags(write=False)
     return points
+
+
+FLIP = np.diag([1.0, -1.0, -1.0])
+"""The layouts' camera (y up, looks along -z) <-> OpenCV's (y down, +z)."""
+
+
+def template_cv() -> Float[np.ndarray, "68 3"]:
+    """The template in OpenCV's axes (x right, y down, z into the face)."""
+    return generic_template() @ FLIP.T

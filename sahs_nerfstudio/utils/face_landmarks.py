@@ -1,16 +1,10 @@
-"""dlib's 68 face landmarks: the iBUG point groups, one-image detection, the tracker, and LMD.
+"""dlib's 68 face landmarks: the iBUG point groups, one-image detection, and LMD.
 
-One detector for the whole project: ``sahs-process`` tracks faces with :class:`FaceTracker`, and
-the lip-sync metric (LMD) finds the landmarks of a render and of its ground truth with
-:func:`detect_landmarks`. The HOG detector and the 68-point shape predictor (shipped offline by
+The lip-sync metric (LMD) is defined on dlib's 68 points, so it finds the landmarks of a render and
+of its ground truth with :func:`detect_landmarks` (``sahs-process`` tracks with MediaPipe's mesh,
+:mod:`sahs_nerfstudio.process.face_mesh`, and maps it to these 68 points for the formats that
+use them). The HOG detector and the 68-point shape predictor (shipped offline by
 ``face-recognition-models``) are loaded once per process.
-
-Tracking: dlib's HOG detector runs on the first frame (and again every ``redetect_every`` frames
-near the last face, and on every frame while the face is lost); in between, the shape predictor is
-seeded with a box derived from the previous frame's landmarks (the detector-box-to-landmarks
-relation is measured at each detection, so the seed box looks like a detector box to the
-predictor). A tracked frame is accepted only when its aligned face patch still correlates with
-the patch at the last detection; otherwise the detector decides.
 
 LMD (:func:`lmd`, :class:`LipSyncScorer`) follows the talking-head papers' definition (AD-NeRF's
 descendants: RAD-NeRF, ER-NeRF, SyncTalk): the mean L2 distance of the 20 mouth points 48-67 after
@@ -51,8 +45,6 @@ PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
 MIN_DETECT_SIZE = 256
 """Images whose short side is below this are upsampled by dlib's pyramid before detection: its HOG
 window is 80 px, and the faces of 128-px renders are smaller (one upsampling step, 2x, suffices)."""
-_PATCH = 48
-_PATCH_POINTS = (36, 39, 42, 45, 30, 48, 54)
 
 
 def interocular(points: Float[np.ndarray, "*bs 68 D"]) -> Float[np.ndarray, "*bs"]:
@@ -95,18 +87,6 @@ def _gray(rgb: UInt8[np.ndarray, "H W 3"]) -> UInt8[np.ndarray, "H W"]:
     return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
 
 
-def _patch(gray: np.ndarray, points: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """The face warped by a similarity onto ``ref`` (a fixed frontal arrangement), zero-mean unit-norm."""
-    import cv2
-
-    m, _ = cv2.estimateAffinePartial2D(points[list(_PATCH_POINTS)].astype(np.float32), ref.astype(np.float32))
-    if m is None:
-        return np.zeros((_PATCH, _PATCH), np.float32)
-    p = cv2.warpAffine(gray, m, (_PATCH, _PATCH), flags=cv2.INTER_LINEAR).astype(np.float32)
-    p -= p.mean()
-    return p / max(float(np.linalg.norm(p)), 1e-6)
-
-
 def detect_landmarks(
     rgb: UInt8[np.ndarray, "H W 3"], near: Optional[Float[np.ndarray, "68 2"]] = None
 ) -> Optional[Float[np.ndarray, "68 2"]]:
@@ -129,103 +109,6 @@ def detect_landmarks(
     if not candidates:
         return None
     return _shape_to_array(predictor(gray, max(candidates, key=lambda c: c[0])[1]))
-
-
-class FaceTracker:
-    """Detect once, then track from the previous frame's landmarks (see the module docstring)."""
-
-    def __init__(self, redetect_every: int = 25, min_correlation: float = 0.5) -> None:
-        self.detector, self.predictor = dlib_models()
-        self.redetect_every = redetect_every
-        self.min_correlation = min_correlation
-        self.prev: Optional[np.ndarray] = None
-        self.relation = np.array([0.0, 0.0, 1.0])  # box centre offset (x, y) and size, in landmark-box units
-        self.reference: Optional[np.ndarray] = None
-        self.since_detection = 0
-        self.result_detections = 0
-        self.max_faces = 0
-        self.multi_face_frame = -1
-        # A fixed frontal arrangement of the patch points (from the first accepted face).
-        self.patch_ref: Optional[np.ndarray] = None
-
-    def _landmark_box(self, pts: np.ndarray) -> Tuple[float, float, float]:
-        lo, hi = pts.min(0), pts.max(0)
-        centre = 0.5 * (lo + hi)
-        return float(centre[0]), float(centre[1]), float(max(hi - lo))
-
-    def _detect(self, gray: np.ndarray, index: int):
-        import cv2
-
-        dlib = _dlib()
-
-        self.result_detections += 1
-        h, w = gray.shape
-        # Faces of 80 px are the HOG detector's smallest; shrink big frames to save time when the face is large.
-        scale = 1.0
-        if self.prev is not None:
-            size = self._landmark_box(self.prev)[2]
-            scale = float(np.clip(110.0 / max(size, 1.0), 0.25, 1.0))
-        img = gray if scale == 1.0 else cv2.resize(gray, (int(w * scale), int(h * scale)))
-        rects = list(self.detector(img, 0))
-        if not rects and scale != 1.0:
-            rects, scale = list(self.detector(gray, 0)), 1.0
-        if len(rects) > self.max_faces:
-            self.max_faces = len(rects)
-        if len(rects) > 1 and self.multi_face_frame < 0:
-            self.multi_face_frame = index
-        if not rects:
-            return None
-        boxes = [
-            dlib.rectangle(int(r.left() / scale), int(r.top() / scale), int(r.right() / scale), int(r.bottom() / scale))
-            for r in rects
-        ]
-        if self.prev is not None:
-            # Keep following the same person: the box nearest the last face.
-            cx, cy, _ = self._landmark_box(self.prev)
-            return min(boxes, key=lambda b: (b.center().x - cx) ** 2 + (b.center().y - cy) ** 2)
-        return max(boxes, key=lambda b: b.area())
-
-    def _accept_detection(self, gray: np.ndarray, box) -> np.ndarray:
-        pts = _shape_to_array(self.predictor(gray, box))
-        cx, cy, size = self._landmark_box(pts)
-        self.relation = np.array(
-            [(box.center().x - cx) / size, (box.center().y - cy) / size, (box.width() + box.height()) / (2 * size)]
-        )
-        if self.patch_ref is None:
-            ref = pts[list(_PATCH_POINTS)]
-            lo, hi = ref.min(0), ref.max(0)
-            self.patch_ref = (ref - lo) / max(float((hi - lo).max()), 1e-6) * (_PATCH * 0.7) + _PATCH * 0.15
-        self.reference = _patch(gray, pts, np.asarray(self.patch_ref))
-        self.since_detection = 0
-        return pts
-
-    def step(self, rgb: UInt8[np.ndarray, "H W 3"], index: int) -> Optional[np.ndarray]:
-        """Landmarks ``[68, 2]`` (pixel x, y) of frame ``index``, or None when no face is found."""
-        dlib = _dlib()
-
-        gray = _gray(rgb)
-        tracked: Optional[np.ndarray] = None
-        if self.prev is not None:
-            cx, cy, size = self._landmark_box(self.prev)
-            bx, by = cx + self.relation[0] * size, cy + self.relation[1] * size
-            half = 0.5 * self.relation[2] * size
-            box = dlib.rectangle(int(bx - half), int(by - half), int(bx + half), int(by + half))
-            pts = _shape_to_array(self.predictor(gray, box))
-            assert self.reference is not None and self.patch_ref is not None
-            if float((_patch(gray, pts, self.patch_ref) * self.reference).sum()) >= self.min_correlation:
-                tracked = pts
-                self.since_detection += 1
-        if tracked is not None and self.since_detection < self.redetect_every:
-            self.prev = tracked
-            return tracked
-        box = self._detect(gray, index)
-        if box is not None:
-            tracked = self._accept_detection(gray, box)
-        elif tracked is not None:
-            # A periodic check the detector missed while the patch still matches: keep tracking, check sooner.
-            self.since_detection = self.redetect_every // 2
-        self.prev = tracked
-        return tracked
 
 
 def _mouth_distances(
