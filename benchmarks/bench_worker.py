@@ -14,17 +14,7 @@ from bench_heldout import HeldOut, sync
 from bench_rows import ROW_BUILDERS, STOCK_ROWS
 
 from sahs_nerfstudio.compat.stock_lpips import disable_stock_lpips
-
-
-def _set_schedule_length(trainer, steps: int) -> None:
-    """Stretch every exponential-decay schedule to ``steps`` (nerfstudio's schedulers read max_steps live)."""
-    for group in trainer.config.optimizers.values():
-        scheduler = group.get("scheduler")
-        if scheduler is not None and hasattr(scheduler, "max_steps"):
-            scheduler.max_steps = max(int(steps), getattr(scheduler, "warmup_steps", 0) + 1)
-    model = trainer.pipeline.model
-    if hasattr(model.config, "audio_attention_start_step"):
-        model.config.audio_attention_start_step = int(steps) // 2
+from sahs_nerfstudio.trainer import fit_schedule
 
 
 def run_row(cfg: BenchmarkConfig, row: str, seed: int, started: float) -> dict[str, Any]:
@@ -118,7 +108,7 @@ def run_row(cfg: BenchmarkConfig, row: str, seed: int, started: float) -> dict[s
         if step == probe[1]:
             seconds_per_step = (train_time - probe_start) / (probe[1] - probe[0])
             planned_steps = max(cfg.equal_steps, int(cfg.time_budget_s / max(seconds_per_step, 1e-6)))
-            _set_schedule_length(trainer, planned_steps)
+            fit_schedule(trainer, planned_steps)
         if step == cfg.equal_steps:
             at_steps = record("steps", None)
         if at_time is None and train_time >= cfg.time_budget_s:

@@ -43,6 +43,8 @@ BlinkMode = Literal["auto", "natural", "open"]
 """Where a driven video's eyes come from without an eye-track file: ``auto`` (the split's own track when the split
 drives itself, else natural blinks), ``natural`` (always natural blinks) or ``open`` (never blinking)."""
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
+"""A video of a face drives through the project's tracker (:mod:`sahs_nerfstudio.process.driver`)."""
 AAC_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
 """Sample rates the AAC encoder takes as they are; others are resampled to 48 kHz for the video."""
 
@@ -65,6 +67,11 @@ class DrivingSequence:
     audio_source: Path | None = None
     extractor: str | None = None
     """Which extractor made the rows when this module computed them from a recording (``data/audio.py``)."""
+    eye_closure: np.ndarray | None = None
+    """Per-row eye closure (0 open, 1 shut) tracked from a driver video, for models with an eye channel."""
+    head_rotations: np.ndarray | None = None
+    """Per-row head rotation of a driver video relative to its median pose, ``[T, 3, 3]`` in the camera's axes
+    (``--cameras driver``)."""
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
@@ -78,6 +85,8 @@ class DrivingSequence:
         return DrivingSequence(
             self.kind, self.rows[:num_frames], self.source, self.field_name, self.fps, audio, self.sample_rate,
             self.audio_source, self.extractor,
+            None if self.eye_closure is None else self.eye_closure[:num_frames],
+            None if self.head_rotations is None else self.head_rotations[:num_frames],
         )  # fmt: skip
 
 
@@ -116,12 +125,78 @@ def load_driver(
         seq = DrivingSequence("audio", rows, path, "<samples>", fps, extractor=extractor)
         seq.audio, seq.sample_rate, seq.audio_source = _muxable(samples, rate), _mux_rate(rate), path
     else:
-        raise FormatError(path, "<file>", "a .json, .npy or audio (.wav) driving file", f"suffix '{path.suffix}'")
+        raise FormatError(
+            path, "<file>", "a .json, .npy, audio (.wav) or video (.mp4) driving file", f"suffix '{path.suffix}'"
+        )
     if audio is not None:
         samples, rate = audio_io.load_wav(audio)
         seq.audio, seq.sample_rate, seq.audio_source = _muxable(samples, rate), _mux_rate(rate), Path(audio)
     if seq.audio is not None and seq.sample_rate is not None:
         seq.audio = seq.audio[: int(round(len(seq) / fps * seq.sample_rate))]
+    return seq
+
+
+def load_video_driver(
+    path: Path | str,
+    kind: DriverKind,
+    basis_file: Path | None,
+    fps: float = 25.0,
+    window: int = audio_io.WINDOW,
+    channels: int = audio_io.CHANNELS,
+    skip_missing: bool = False,
+    neutral_frame: int | None = None,
+) -> DrivingSequence:
+    """A face video as a driver (:mod:`sahs_nerfstudio.process.driver`): for an expression model its tracked
+    expressions mapped into the subject's basis (``basis_file``, written by ``sahs-process`` into the dataset);
+    for an audio model its sound track, and the tracked blinks as the eye closure when the basis is there.
+    Frames without a face are an error naming them, or with ``skip_missing`` left out with their sound."""
+    from sahs_nerfstudio.process import driver as drv
+    from sahs_nerfstudio.process.audio import cut_to_frames
+    from sahs_nerfstudio.process.expression import ExpressionBasis
+    from sahs_nerfstudio.process.shape import subject_shape
+
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(path, "<file>", "a driving video", "no such file")
+    if kind == "expression" and (basis_file is None or not basis_file.is_file()):
+        raise FormatError(
+            basis_file or path,
+            "<file>",
+            "the subject's expression basis (expression_basis.npz, written into the dataset by sahs-process)",
+            "no such file (a dataset made before it, or not by sahs-process: process the subject's video again)",
+        )
+    track = drv.track_driver(path, fps)
+    frames = drv.check_faces(track, skip_missing)
+    if len(frames) < len(track.mesh):
+        print(f"sahs-render: {path}: no face in {drv.format_missing(track)}: left out (--skip-missing)", flush=True)
+    samples = None
+    if track.audio is not None:
+        samples, _ = cut_to_frames(track.audio, audio_io.FEATURE_SAMPLE_RATE, frames, fps)
+    basis = ExpressionBasis.load(basis_file) if basis_file is not None and basis_file.is_file() else None
+    shape = subject_shape(track.mesh[frames], np.ones(len(frames), bool))
+    codes = drv.driver_codes(track, basis, frames, neutral_frame, shape) if basis is not None else None
+    if kind == "expression":
+        assert codes is not None
+        seq = DrivingSequence("expression", codes, path, "<tracked face>", fps)
+    else:
+        if samples is None:
+            raise FormatError(path, "<audio stream>", "an audio track (the model is audio-driven)", "none")
+        rows = audio_io.audio_features(samples, audio_io.FEATURE_SAMPLE_RATE, fps=fps, window=window, channels=channels)
+        rows = rows[: len(frames)]
+        seq = DrivingSequence(
+            "audio",
+            rows,
+            path,
+            "<audio stream>",
+            fps,
+            extractor=audio_io.project_extractor_description(fps, window, channels),
+        )
+        if codes is not None:
+            seq.eye_closure = eye_io.closure_from_au45(eye_io.au45_from_openness(drv.eye_openness(codes)))
+    if samples is not None:
+        rate = audio_io.FEATURE_SAMPLE_RATE
+        seq.audio, seq.sample_rate, seq.audio_source = _muxable(samples, rate), _mux_rate(rate), path
+    seq.head_rotations = drv.head_rotations(track, frames, shape)
     return seq
 
 

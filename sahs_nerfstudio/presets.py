@@ -210,9 +210,8 @@ def fast_cpu_trainer_config(
 # The demo: sahs-fast for a wall-clock budget on 2 CPU cores at 128x128, tuned for the mouth.
 
 DEMO_FAST_S_PER_STEP = 0.40
-"""Expected seconds per :func:`fast_demo_trainer_config` step on 2 quiet CPU cores (128x128, 1024 rays; measured
-0.65 s of CPU time per step on one thread under load, 2 threads taken as ~1.6x): turns the demo's minutes into
-the length of its schedules; training also stops at the budget itself, whatever the machine's speed."""
+"""First guess at the seconds per :func:`fast_demo_trainer_config` step (128x128, 1024 rays): the schedules'
+length until the first :data:`DEMO_FIT_AFTER` steps are timed (measured here: 0.16-0.25 s on 2 quiet cores)."""
 DEMO_SAHS_S_PER_STEP = 0.60
 """The same for ``--method sahs`` (:func:`tiny_trainer_config` sizes, 1024 rays; README's measured 0.6 s)."""
 DEMO_CLASS_AREA_EXPONENT = 0.0
@@ -239,9 +238,10 @@ def fast_demo_trainer_config(
     rays: int = 1024,
     output_dir: Path = Path("outputs"),
     train_seconds: float | None = None,
+    fit: bool = False,
 ) -> TrainerConfig:
     """``sahs-demo``'s ``sahs-fast``: :func:`fast_demo_model_config` with a class-share semantic sampler,
-    stopping after ``train_seconds`` of training at the latest."""
+    stopping after ``train_seconds`` of training at the latest (``fit``: schedules from the measured rate)."""
     config = fast_cpu_trainer_config(
         data, steps=steps, rays=rays, output_dir=output_dir, model=fast_demo_model_config()
     )
@@ -250,12 +250,23 @@ def fast_demo_trainer_config(
     sampler = datamanager.pixel_sampler
     assert isinstance(sampler, SemanticPixelSamplerConfig)
     datamanager.pixel_sampler = replace(sampler, class_area_exponent=DEMO_CLASS_AREA_EXPONENT)
-    return _with_budget(config, train_seconds)
+    return _with_budget(config, train_seconds, fit)
 
 
-def _with_budget(config: TrainerConfig, train_seconds: float | None) -> TrainerConfig:
+DEMO_FIT_AFTER = 20
+"""Steps the demo times before fitting its schedules to the budget (``SAHSTrainerConfig.fit_schedule_after``)."""
+DEMO_STEP_CAP = 10
+"""Without ``--steps`` the demo's step limit is this many times the estimate: the time budget is what stops it."""
+
+
+def _with_budget(config: TrainerConfig, train_seconds: float | None, fit: bool = False) -> TrainerConfig:
+    """``config`` stopping at ``train_seconds``; with ``fit`` its schedules follow the measured step rate and its
+    step limit leaves the budget to stop it."""
     assert isinstance(config, SAHSTrainerConfig)
     config.max_train_seconds = train_seconds
+    if fit and train_seconds is not None:
+        config.fit_schedule_after = DEMO_FIT_AFTER
+        config.max_num_iterations = max(config.max_num_iterations * DEMO_STEP_CAP, DEMO_FIT_AFTER + 1)
     return config
 
 
@@ -268,17 +279,21 @@ def demo_trainer_config(
     output_dir: Path = Path("outputs"),
 ) -> TrainerConfig:
     """What ``sahs-demo`` trains: ``sahs-fast`` (:func:`fast_demo_trainer_config`) or ``sahs``
-    (:func:`tiny_trainer_config` at 1024 rays), ``steps`` defaulting to what ``train_seconds`` allows at the
-    expected seconds per step, and stopping at ``train_seconds`` in any case."""
+    (:func:`tiny_trainer_config` at 1024 rays), stopping at ``train_seconds`` in any case. Without ``steps`` the
+    schedules start at what ``train_seconds`` allows at the expected seconds per step and are fitted to the
+    measured rate after :data:`DEMO_FIT_AFTER` steps, and training runs until the budget is spent; with
+    ``steps`` that many steps are the schedule (and the limit)."""
     rays = 1024 if rays is None else rays
+    fit = steps is None
     if method == "sahs-fast":
         steps = steps if steps is not None else max(int(train_seconds / DEMO_FAST_S_PER_STEP), 1)
         return fast_demo_trainer_config(
-            data, steps=steps, rays=rays, output_dir=output_dir, train_seconds=train_seconds
+            data, steps=steps, rays=rays, output_dir=output_dir, train_seconds=train_seconds, fit=fit
         )
     if method == "sahs":
         steps = steps if steps is not None else max(int(train_seconds / DEMO_SAHS_S_PER_STEP), 1)
-        return _with_budget(tiny_trainer_config(data, steps=steps, rays=rays, output_dir=output_dir), train_seconds)
+        config = tiny_trainer_config(data, steps=steps, rays=rays, output_dir=output_dir)
+        return _with_budget(config, train_seconds, fit)
     raise ValueError(f"method must be 'sahs-fast' or 'sahs', got {method!r}")
 
 

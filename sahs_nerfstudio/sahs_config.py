@@ -38,6 +38,10 @@ class SAHSTrainerConfig(TrainerConfig):
     """The trainer class nerfstudio instantiates."""
     max_train_seconds: Optional[float] = None
     """Stop training once this many wall-clock seconds went into training steps (None: only max-num-iterations)."""
+    fit_schedule_after: Optional[int] = None
+    """With ``max_train_seconds``: after this many steps, measure the seconds a step takes and stretch every
+    step-counted schedule (learning-rate decay, proposal warm-up and annealing, AudioAttNet start) to the steps
+    the rest of the budget allows (None: the schedules keep their lengths)."""
 
     def set_timestamp(self) -> None:
         # ns-train calls this just before launching, when its launcher module is fully imported (this

@@ -13,7 +13,10 @@ Differences from nerfstudio 1.1.5's Trainer, all about checkpoints (training is 
   a second Ctrl-C quits at once without saving;
 - ``max_train_seconds`` (on :class:`~sahs_nerfstudio.sahs_config.SAHSTrainerConfig`) ends training like the
   last step would once that much wall-clock time has gone into training steps (nerfstudio has only a step
-  count): the demo's "10 minutes on 2 cores" whatever the machine's speed.
+  count): the demo's "10 minutes on 2 cores" whatever the machine's speed;
+- ``fit_schedule_after`` (same config) measures the first steps and fits the schedules to the steps the
+  budget allows (:func:`fit_schedule`), so a slow machine does not stop half-way down its learning-rate
+  decay and a fast one does not idle at the final rate.
 """
 
 from __future__ import annotations
@@ -39,6 +42,25 @@ from sahs_nerfstudio.checkpoint_io import (
     write_checkpoint,
 )
 from sahs_nerfstudio.errors import EXIT_INTERRUPTED
+
+
+def fit_schedule(trainer: Trainer, steps: int) -> None:
+    """Stretch every step-counted schedule of a run to ``steps``: the optimisers' decay (nerfstudio's schedulers
+    read ``max_steps`` from their config at every step) and the model's own (``fit_schedule``)."""
+    for group in trainer.config.optimizers.values():
+        scheduler = group.get("scheduler")
+        if scheduler is not None and hasattr(scheduler, "max_steps"):
+            scheduler.max_steps = max(int(steps), getattr(scheduler, "warmup_steps", 0) + 1)
+    model = trainer.pipeline.model
+    fit = getattr(model, "fit_schedule", None)
+    if fit is not None:
+        fit(int(steps))
+
+
+def budget_steps(budget_s: float, elapsed_s: float, steps_done: int) -> int:
+    """How many steps a run of ``budget_s`` seconds holds at the rate of the first ``steps_done`` steps."""
+    per_step = elapsed_s / max(steps_done, 1)
+    return max(steps_done, int(budget_s / max(per_step, 1e-9)))
 
 
 class _Interrupted(Exception):
@@ -131,6 +153,16 @@ class SAHSTrainer(Trainer):
         out = super().train_iteration(step)
         self._completed_step = step
         budget = getattr(self.config, "max_train_seconds", None)
+        fit_after = getattr(self.config, "fit_schedule_after", None)
+        if budget is not None and fit_after is not None and step - self._start_step + 1 == fit_after:
+            elapsed = time.perf_counter() - self._train_start
+            steps = budget_steps(budget, elapsed, fit_after)
+            fit_schedule(self, steps)
+            CONSOLE.print(
+                f"measured {elapsed / fit_after:.3f} s a step over {fit_after} steps: schedules fitted to {steps} "
+                f"steps in the {budget:g} s budget",
+                markup=False,
+            )
         if budget is not None and time.perf_counter() - self._train_start >= budget:
             # nerfstudio's loop checks stop_training before the next step and then saves, as after the last one.
             self.stop_training = True

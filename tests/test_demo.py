@@ -72,6 +72,40 @@ def test_time_budget_stops_training_and_saves_the_last_step(tiny_subject, tmp_pa
     assert int(state["step"]) == step and int(state["pipeline"]["_model.trained_steps"]) == step
 
 
+def test_budget_steps_follow_the_measured_rate():
+    from sahs_nerfstudio.trainer import budget_steps
+
+    assert budget_steps(60.0, elapsed_s=2.0, steps_done=20) == 600  # 0.1 s a step
+    assert budget_steps(60.0, elapsed_s=8.0, steps_done=20) == 150  # a machine 4x slower: a 4x shorter schedule
+    assert budget_steps(1.0, elapsed_s=5.0, steps_done=20) == 20  # never fewer than the steps already run
+
+
+def test_schedules_are_fitted_to_the_steps_the_budget_allows(tiny_subject, tmp_path, capsys):
+    """After the timed steps the learning-rate decay, the proposal warm-up and annealing and the AudioAttNet start
+    all follow one step count, the one the measured rate fits into the budget (not the preset's estimate)."""
+    import re
+
+    from sahs_nerfstudio.presets import fast_demo_trainer_config
+
+    config = fast_demo_trainer_config(
+        tiny_subject / "nerface", steps=100_000, rays=64, output_dir=tmp_path, train_seconds=4.0, fit=True
+    )
+    config.fit_schedule_after = 3  # type: ignore[attr-defined]
+    config.steps_per_save = 1_000_000
+    _train(config)
+    line = re.search(r"measured ([0-9.]+) s a step over 3 steps: schedules fitted to (\d+) steps in the 4 s budget",
+                     capsys.readouterr().out)  # fmt: skip
+    assert line, "no schedule line"
+    steps = int(line.group(2))
+    assert abs(steps - 4.0 / float(line.group(1))) <= 1 + 0.01 * steps  # the printed rate is rounded
+    assert steps < 100_000  # the preset's estimate (100,000 steps here) is gone
+    for group in config.optimizers.values():
+        assert group["scheduler"].max_steps == steps
+    model = config.pipeline.model
+    assert model.audio_attention_start_step == steps // 2  # type: ignore[attr-defined]
+    assert model.proposal_warmup == steps // 4 and model.proposal_weights_anneal_max_num_iters == steps // 10  # type: ignore[attr-defined]
+
+
 def test_demo_from_a_video_processes_trains_and_renders(tmp_path):
     """``sahs-demo --video``: sahs-process on a moving-photo video (the sahs-process tests' construction),
     then sahs-fast on its NeRFace layout, then the held-out render and its metrics."""

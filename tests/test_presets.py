@@ -14,7 +14,9 @@ from sahs_nerfstudio.models.sahs_model import SAHSModelConfig
 from sahs_nerfstudio.presets import (
     DEMO_CLASS_AREA_EXPONENT,
     DEMO_FAST_S_PER_STEP,
+    DEMO_FIT_AFTER,
     DEMO_SAHS_S_PER_STEP,
+    DEMO_STEP_CAP,
     cpu_field,
     cpu_model_config,
     demo_trainer_config,
@@ -83,16 +85,21 @@ def test_model_flags_refuse_values_without_a_command_line_form():
 def test_demo_preset_turns_the_time_budget_into_steps_and_a_stop(tmp_path: Path):
     fast = demo_trainer_config(tmp_path / "data", train_seconds=60.0, output_dir=tmp_path)
     assert fast.method_name == "sahs-fast" and fast.max_train_seconds == 60.0  # type: ignore[attr-defined]
-    assert fast.max_num_iterations == int(60.0 / DEMO_FAST_S_PER_STEP)
+    # The schedules start at the estimate and are fitted to the measured rate; the budget, not a step count, stops.
+    estimate = int(60.0 / DEMO_FAST_S_PER_STEP)
+    assert fast.fit_schedule_after == DEMO_FIT_AFTER  # type: ignore[attr-defined]
+    assert fast.max_num_iterations == estimate * DEMO_STEP_CAP
+    assert fast.optimizers["fields"]["scheduler"].max_steps == estimate
     assert fast.pipeline.model == replace(
-        fast_demo_model_config(), audio_attention_start_step=fast.max_num_iterations // 2, eval_num_rays_per_chunk=1024
+        fast_demo_model_config(), audio_attention_start_step=estimate // 2, eval_num_rays_per_chunk=1024
     )
     sampler = fast.pipeline.datamanager.pixel_sampler  # type: ignore[attr-defined]
     assert sampler.class_area_exponent == DEMO_CLASS_AREA_EXPONENT
     # an explicit step count wins over the budget's; the budget still stops it
-    assert demo_trainer_config(tmp_path, steps=7, train_seconds=60.0).max_num_iterations == 7
+    explicit = demo_trainer_config(tmp_path, steps=7, train_seconds=60.0)
+    assert explicit.max_num_iterations == 7 and explicit.fit_schedule_after is None  # type: ignore[attr-defined]
     faithful = demo_trainer_config(tmp_path / "data", method="sahs", train_seconds=60.0, rays=256)
-    assert faithful.method_name == "sahs" and faithful.max_num_iterations == int(60.0 / DEMO_SAHS_S_PER_STEP)
+    assert faithful.method_name == "sahs" and faithful.max_num_iterations == int(60.0 / DEMO_SAHS_S_PER_STEP) * 10
     assert faithful.pipeline.model.expression_field == tiny_field("expression")  # type: ignore[attr-defined]
     assert faithful.pipeline.datamanager.train_num_rays_per_batch == 256  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="nerfacto"):

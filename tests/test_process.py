@@ -267,3 +267,14 @@ def test_audio_cut_joins_the_kept_frames_spans_and_pads_past_the_end():
     assert silent_tail_note(np.array([0, 9]), 25.0, 0.4) is None
     note = silent_tail_note(np.array([0, 11]), 25.0, 0.4)
     assert note is not None and "ends at 0.40 s" in note and "(0.48 s)" in note
+
+
+def test_each_layout_writes_its_completion_marker_last(processed):
+    """``transforms_val.json`` is what a rerun takes as "this layout is done": nothing of the layout may be
+    written after it, or a run killed in between would leave a layout that looks complete and is not."""
+    out, _, _ = processed
+    for layout in ("nerface", "adnerf"):
+        root = out / layout
+        marker = (root / "transforms_val.json").stat().st_mtime_ns
+        later = [p for p in root.rglob("*") if p.is_file() and p.stat().st_mtime_ns > marker]
+        assert later == [], later

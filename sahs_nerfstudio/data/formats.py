@@ -117,6 +117,9 @@ def _write_json(path: Path, obj: Dict[str, Any]) -> None:
 
 NERFACE_SPLITS = ("train", "val", "test")
 NERFACE_BACKGROUND = Path("bg") / "00050.png"
+EXPRESSION_BASIS = "expression_basis.npz"
+"""In a dataset folder written by ``sahs-process``: the subject's expression basis, which driver videos are mapped
+into (``sahs_nerfstudio.process.expression.ExpressionBasis``)."""
 
 
 @dataclass

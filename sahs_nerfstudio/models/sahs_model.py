@@ -201,6 +201,11 @@ class SAHSModel(Model):
         fields = nn.ModuleList([self.field_coarse, self.field_fine])
         return {"fields": list(fields.parameters()), **self.audio_param_groups()}
 
+    def fit_schedule(self, steps: int) -> None:
+        """Stretch the model's own step-counted schedules to a run of ``steps`` steps (the trainer calls this
+        once it knows how many steps a time budget allows): AudioAttNet starts half-way, as the presets do."""
+        self.config.audio_attention_start_step = max(int(steps) // 2, 1)
+
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes
     ) -> List[TrainingCallback]:

@@ -23,8 +23,8 @@ The code (``width`` values, 76 by default so NeRFace-style configs apply):
 ====  ==============  ===========================================================================
 
 It is not a 3DMM fit: no identity basis and no texture; only what the mesh's points say. The basis
-(``neutral``, ``components``, ``mean``, ``moving``) is saved with the codes so a driver can be
-mapped into it later.
+(:class:`ExpressionBasis`) is saved with the dataset so another face's video can be mapped into it
+(:meth:`ExpressionBasis.transfer`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from typing import List, Tuple
 import numpy as np
 from jaxtyping import Bool, Float, Int
 
+from sahs_nerfstudio.data.formats import EXPRESSION_BASIS
 from sahs_nerfstudio.process import face_mesh as fm
 from sahs_nerfstudio.process.regions import JAW_LINE
 from sahs_nerfstudio.process.shape import SubjectShape, align_to
@@ -68,23 +69,91 @@ MOVING: Tuple[int, ...] = tuple(
 """Vertices whose displacements the PCA part of the code describes."""
 
 
+BASIS_FILE = EXPRESSION_BASIS
+"""The subject's basis, saved in the work folder and in each layout folder, for mapping drivers into it."""
+
+
+@dataclass
+class ExpressionBasis:
+    """What turns an identity-normalised mesh into this subject's code (module docstring)."""
+
+    lead_median: Float[np.ndarray, " 8"]
+    """The subject's median interpretable channels (its resting face)."""
+    neutral: Float[np.ndarray, "478 3"]
+    """The subject's median normalised mesh (IOD units, y up)."""
+    components: Float[np.ndarray, "K M"]
+    """PCA directions of the displacements of :attr:`moving` (x, y, z each)."""
+    mean: Float[np.ndarray, " M"]
+    """The mean displacement the PCA scores are taken around."""
+    moving: Int[np.ndarray, " V"]
+    dim: int
+
+    @staticmethod
+    def fit(p: Float[np.ndarray, "n 478 3"], dim: int) -> "ExpressionBasis":
+        """The basis of normalised meshes ``p`` (the subject's kept frames)."""
+        lead_median = np.median(leading_channels(p), axis=0)
+        neutral = np.median(p, axis=0)
+        moving = np.array(MOVING)
+        motion = (p[:, moving] - neutral[moving]).reshape(len(p), -1)
+        mean = motion.mean(axis=0)
+        centred = motion - mean
+        num = min(dim - len(LEADING), max(0, len(p) - 1), centred.shape[1])
+        components = np.zeros((0, centred.shape[1]))
+        if num > 0:
+            _, _, vt = np.linalg.svd(centred, full_matrices=False)
+            components = vt[:num]
+            flip = np.sign(components[np.arange(num), np.abs(components).argmax(axis=1)])
+            components = components * flip[:, None]
+        return ExpressionBasis(lead_median, neutral, components, mean, moving, dim)
+
+    def encode(self, p: Float[np.ndarray, "n 478 3"]) -> Float[np.ndarray, "n D"]:
+        """Codes of normalised meshes ``p``."""
+        lead = leading_channels(p) - self.lead_median
+        eyes = list(EYE_CHANNELS)
+        lead[:, eyes] = lead[:, eyes] / self.lead_median[eyes] + 1.0
+        motion = (p[:, self.moving] - self.neutral[self.moving]).reshape(len(p), -1)
+        scores = np.zeros((len(p), self.dim - len(LEADING)))
+        scores[:, : len(self.components)] = (motion - self.mean) @ self.components.T
+        return np.concatenate([lead, scores], axis=1)
+
+    def transfer(
+        self, p: Float[np.ndarray, "n 478 3"], own_neutral: Float[np.ndarray, "478 3"]
+    ) -> Float[np.ndarray, "n D"]:
+        """Codes of another face's normalised meshes ``p``: each frame's change from that face's own neutral
+        ``own_neutral``, put on this subject's neutral face, encoded. Both are in inter-ocular distances, so
+        the change is scaled by face size; what differs between the two faces at rest cancels."""
+        return self.encode(self.neutral[None] + (p - own_neutral[None]))
+
+    def save(self, path) -> None:
+        np.savez(
+            path,
+            lead_median=self.lead_median,
+            neutral=self.neutral,
+            components=self.components,
+            mean=self.mean,
+            moving=self.moving,
+            dim=np.array(self.dim),
+        )
+
+    @staticmethod
+    def load(path) -> "ExpressionBasis":
+        z = np.load(path)
+        return ExpressionBasis(z["lead_median"], z["neutral"], z["components"], z["mean"], z["moving"], int(z["dim"]))
+
+
 @dataclass
 class ExpressionCode:
     codes: Float[np.ndarray, "N D"]
     """NaN for frames that are not kept."""
     names: List[str]
-    components: Float[np.ndarray, "K M"]
-    """PCA directions of the displacements of :data:`MOVING` (x, y, z each), IOD."""
-    mean: Float[np.ndarray, " M"]
-    """The mean displacement the PCA scores are taken around."""
-    neutral: Float[np.ndarray, "478 3"]
-    """The subject's median aligned mesh, template units (OpenCV axes)."""
-    moving: Int[np.ndarray, " V"]
+    basis: ExpressionBasis
 
 
-def aligned_meshes(mesh: Float[np.ndarray, "n 478 3"], shape: SubjectShape) -> Float[np.ndarray, "n 478 3"]:
-    """Meshes moved onto the subject's shape (template units, OpenCV axes: y down)."""
-    return align_to(mesh, shape.points, shape.rigid)
+def normalised_meshes(mesh: Float[np.ndarray, "n 478 3"], shape: SubjectShape) -> Float[np.ndarray, "n 478 3"]:
+    """Meshes moved onto the face's shape, in its inter-ocular distances, y up."""
+    right, left = fm.EYE_CORNERS["right"][0], fm.EYE_CORNERS["left"][1]
+    iod = float(np.linalg.norm(shape.points[left] - shape.points[right]))
+    return align_to(mesh, shape.points, shape.rigid) * np.array([1.0, -1.0, 1.0]) / iod
 
 
 def _dist(p: np.ndarray, a: int, b: int) -> np.ndarray:
@@ -117,32 +186,13 @@ def leading_channels(p: Float[np.ndarray, "n 478 3"]) -> Float[np.ndarray, "n 8"
 def expression_codes(
     mesh: Float[np.ndarray, "N 478 3"], kept: Bool[np.ndarray, " N"], shape: SubjectShape, dim: int = 76
 ) -> ExpressionCode:
-    """The code of the module docstring for every kept frame."""
+    """The code of the module docstring for every kept frame, and the subject's basis."""
     if dim < len(LEADING):
         raise ValueError(f"--expression-dim must be at least {len(LEADING)}, got {dim}")
     ok = kept & np.isfinite(mesh).all(axis=(1, 2))
-    iod = float(np.linalg.norm(shape.points[fm.EYE_CORNERS["left"][1]] - shape.points[fm.EYE_CORNERS["right"][0]]))
-    p = aligned_meshes(mesh[ok], shape) * np.array([1.0, -1.0, 1.0]) / iod  # y up, IOD units
-    lead = leading_channels(p)
-    med = np.median(lead, axis=0)
-    lead = lead - med
-    lead[:, list(EYE_CHANNELS)] = lead[:, list(EYE_CHANNELS)] / med[list(EYE_CHANNELS)] + 1.0
-    neutral = np.median(p, axis=0)
-    moving = np.array(MOVING)
-    motion = (p[:, moving] - neutral[moving]).reshape(len(p), -1)
-    mean = motion.mean(axis=0)
-    centred = motion - mean
-    num = min(dim - len(LEADING), max(0, len(p) - 1), centred.shape[1])
-    components = np.zeros((0, centred.shape[1]))
-    scores = np.zeros((len(p), dim - len(LEADING)))
-    if num > 0:
-        _, _, vt = np.linalg.svd(centred, full_matrices=False)
-        components = vt[:num]
-        flip = np.sign(components[np.arange(num), np.abs(components).argmax(axis=1)])
-        components = components * flip[:, None]
-        scores[:, :num] = centred @ components.T
+    p = normalised_meshes(mesh[ok], shape)
+    basis = ExpressionBasis.fit(p, dim)
     codes = np.full((len(mesh), dim), np.nan)
-    codes[ok] = np.concatenate([lead, scores], axis=1)
+    codes[ok] = basis.encode(p)
     names = list(LEADING) + [f"pca_{k}" for k in range(dim - len(LEADING))]
-    neutral_cv = neutral * iod * np.array([1.0, -1.0, 1.0])
-    return ExpressionCode(codes, names, components, mean, neutral_cv, moving)
+    return ExpressionCode(codes, names, basis)

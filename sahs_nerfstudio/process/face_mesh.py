@@ -73,9 +73,14 @@ MESH_TO_68: Tuple[Tuple[int, ...], ...] = (
 """Mesh vertices of each of dlib's 68 points (the mean where two are listed)."""
 
 
+# The first and the last vertex of each of the 68 points (the same one when only one is listed).
+_FIRST = np.array([ids[0] for ids in MESH_TO_68])
+_LAST = np.array([ids[-1] for ids in MESH_TO_68])
+
+
 def to_68(mesh: Float[np.ndarray, "*bs 478 D"]) -> Float[np.ndarray, "*bs 68 D"]:
     """dlib's 68 points from the mesh (:data:`MESH_TO_68`)."""
-    return np.stack([mesh[..., list(ids), :].mean(axis=-2) for ids in MESH_TO_68], axis=-2)
+    return 0.5 * (mesh[..., _FIRST, :] + mesh[..., _LAST, :])
 
 
 def _mediapipe() -> Any:

@@ -74,25 +74,55 @@ def choose_crop(mode: str, video: Path, fps: float) -> Tuple[str, Optional[CropB
     return "face", box
 
 
-def sample_frames(video: Path, fps: float, samples: int = 24, side: int = 640) -> Tuple[List[np.ndarray], float]:
-    """About ``samples`` frames spread evenly over the clip in one decoding pass, scaled so the long side
-    is at most ``side`` (the detector looks at 192 pixels, so more only costs time), and the scale applied.
+MIN_KEYFRAMES = 8
+"""With at least this many keyframes the samples are keyframes (decoded alone, a few ms for a whole clip);
+otherwise every frame is decoded and thinned."""
 
-    Every ``stride``-th frame is kept; whenever twice ``samples`` are held, every other one is
-    dropped and the stride doubles, so the kept frames stay evenly spread whatever the length.
-    """
+
+def _scaled(rgb: np.ndarray, side: int) -> Tuple[np.ndarray, float]:
     import cv2
 
+    h, w = rgb.shape[:2]
+    scale = min(1.0, side / max(h, w))
+    if scale == 1.0:
+        return rgb, scale
+    return cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA), scale
+
+
+def _keyframes(video: Path) -> List[np.ndarray]:
+    """The clip's keyframes (the decoder skips everything else)."""
+    import av
+
+    container = av.open(str(video))
+    try:
+        stream = container.streams.video[0]
+        stream.codec_context.skip_frame = "NONKEY"
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    except (av.error.FFmpegError, ValueError):  # type: ignore[attr-defined]
+        return []
+    finally:
+        container.close()
+
+
+def sample_frames(video: Path, fps: float, samples: int = 24, side: int = 640) -> Tuple[List[np.ndarray], float]:
+    """About ``samples`` frames spread evenly over the clip, scaled so the long side is at most ``side``
+    (the detector looks at 192 pixels, so more only costs time), and the scale applied.
+
+    The keyframes when there are enough (:data:`MIN_KEYFRAMES`); else one decoding pass keeping every
+    ``stride``-th frame: whenever twice ``samples`` are held, every other one is dropped and the stride
+    doubles, so the kept frames stay evenly spread whatever the length.
+    """
+    keys = _keyframes(video)
+    if len(keys) >= MIN_KEYFRAMES:
+        picks = np.linspace(0, len(keys) - 1, min(samples, len(keys))).round().astype(int)
+        scaled = [_scaled(keys[i], side) for i in sorted(set(picks.tolist()))]
+        return [f for f, _ in scaled], scaled[0][1]
     kept: List[np.ndarray] = []
     stride, scale = 1, 1.0
     for k, (rgb, _) in enumerate(resampled_frames(video, fps)):
         if k % stride:
             continue
-        h, w = rgb.shape[:2]
-        scale = min(1.0, side / max(h, w))
-        small = (
-            rgb if scale == 1.0 else cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
-        )
+        small, scale = _scaled(rgb, side)
         kept.append(small)
         if len(kept) >= 2 * samples:
             kept, stride = kept[::2], stride * 2

@@ -88,6 +88,12 @@ _PERSON = (np.arange(sem.NUM_CLASSES) != sem.BACKGROUND).astype(np.uint8)
 _HEAD = (~np.isin(np.arange(sem.NUM_CLASSES), (sem.BACKGROUND, sem.NECK, sem.TORSO))).astype(np.uint8)
 
 
+def _val_last(item: tuple) -> bool:
+    """Sort key that puts the val split last: ``transforms_val.json`` is what ``sahs-process`` takes as
+    "this layout is complete", so it is written after every other file of the layout."""
+    return item[0] == "val"
+
+
 def _composite(
     rgb: UInt8[np.ndarray, "H W 3"], background: UInt8[np.ndarray, "H W 3"], labels: np.ndarray, keep: np.ndarray
 ) -> UInt8[np.ndarray, "H W 3"]:
@@ -129,7 +135,7 @@ def write_nerface(
             images.link_or_copy(formats.nerface_mask_path(root, first), formats.nerface_mask_path(root, file_path))
 
     run_indexed(write_frame, data.num, workers, on_frame)
-    for split, fr in frames.items():
+    for split, fr in sorted(frames.items(), key=_val_last):
         formats.write_nerface_split(root, split, formats.NeRFaceSplit(angle, intr, fr))
     return {s: len(v) for s, v in splits.items()}
 
@@ -171,7 +177,7 @@ def write_adnerf(
     eye.write_au_csv(root / eye.AU_CSV, eye.au45_from_openness(data.expressions[:, list(EYE_CHANNELS)].mean(axis=1)))
     shutil.copyfile(wav, root / formats.ADNERF_AUDIO_WAV)
     cx, cy = data.width / 2.0, data.height / 2.0
-    for split, ids in splits.items():
-        formats.write_adnerf_split(root, split, formats.ADNeRFSplit(data.focal, cx, cy, [frames[i] for i in ids]))
     write_run_configs(root, root.name, list(data.c2w), len(splits["val"]))
+    for split, ids in sorted(splits.items(), key=_val_last):
+        formats.write_adnerf_split(root, split, formats.ADNeRFSplit(data.focal, cx, cy, [frames[i] for i in ids]))
     return {s: len(v) for s, v in splits.items()}

@@ -26,7 +26,7 @@ from sahs_nerfstudio.process import background as bgm
 from sahs_nerfstudio.process import decode as dec
 from sahs_nerfstudio.process import images
 from sahs_nerfstudio.process import landmarks as lmk
-from sahs_nerfstudio.process.expression import LEADING, expression_codes
+from sahs_nerfstudio.process.expression import BASIS_FILE, LEADING, expression_codes
 from sahs_nerfstudio.process.face_mesh import to_68
 from sahs_nerfstudio.process.framing import choose_crop
 from sahs_nerfstudio.process.layouts import LayoutInputs, write_adnerf, write_nerface
@@ -307,17 +307,10 @@ def expression_stage(clip: Clip) -> None:
     def compute() -> None:
         assert clip.shape is not None
         code = expression_codes(clip.mesh, _kept_mask(clip), clip.shape, clip.config.expression_dim)
-        np.savez(
-            expr_file,
-            codes=code.codes,
-            names=np.array(code.names),
-            components=code.components,
-            mean=code.mean,
-            neutral=code.neutral,
-            moving=code.moving,
-        )
+        np.savez(expr_file, codes=code.codes, names=np.array(code.names))
+        code.basis.save(clip.work / BASIS_FILE)  # last: the stage's done marker
 
-    clip.runner.stage("expression", expr_file, compute)
+    clip.runner.stage("expression", clip.work / BASIS_FILE, compute)
     ez = np.load(expr_file)
     clip.codes, clip.names = ez["codes"], [str(s) for s in ez["names"]]
     if clip.codes.shape[1] != clip.config.expression_dim:
@@ -415,6 +408,8 @@ def layouts_stage(clip: Clip) -> None:
 
         def compute(layout: str = layout, root: Path = root) -> None:
             tick = clip.runner.tick(f"layout {layout}", inputs.num)
+            # The subject's expression basis travels with the dataset: drivers are mapped into it.
+            images.link_or_copy(work / BASIS_FILE, root / BASIS_FILE)
             if layout == "nerface":
                 clip.split_counts[layout] = write_nerface(root, inputs, tick, clip.config.workers)
             else:

@@ -23,15 +23,17 @@ from nerfstudio.pipelines.base_pipeline import Pipeline
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from sahs_nerfstudio.data import keys
-from sahs_nerfstudio.data.formats import ADNERF_AUDIO, FormatError
+from sahs_nerfstudio.data.formats import ADNERF_AUDIO, EXPRESSION_BASIS, FormatError
 from sahs_nerfstudio.data.pose import pose_code
 from sahs_nerfstudio.driving import (
+    VIDEO_SUFFIXES,
     BlinkMode,
     DrivingSequence,
     attach_sibling_audio,
     driving_eyes,
     encode_sequence,
     load_driver,
+    load_video_driver,
 )
 from sahs_nerfstudio.errors import flag_error
 from sahs_nerfstudio.rendering.camera_paths import CAMERA_PATHS, CameraPath, camera_path
@@ -126,6 +128,8 @@ def render_driven_video(
     eyes: Path | None = None,
     blink: BlinkMode = "auto",
     blink_seed: int = 0,
+    skip_missing: bool = False,
+    driver_neutral_frame: int | None = None,
 ) -> DrivenResult:
     """Render ``driver`` (None: the split's own frames) through a camera path into an mp4.
 
@@ -135,7 +139,8 @@ def render_driven_video(
         driver: a driving file (see :mod:`sahs_nerfstudio.driving`); None drives with ``split`` itself.
         audio: an audio file to mux instead of the driver's own audio.
         cameras: ``dataset`` (the split's cameras, cycled), ``frame`` (camera ``frame`` of the split,
-            fixed) or ``orbit`` (that camera swung +-``orbit_degrees`` about the head, one period).
+            fixed), ``orbit`` (that camera swung +-``orbit_degrees`` about the head, one period) or ``driver``
+            (that camera turned as a driver video's head turns, relative to its median pose).
         split: the split whose cameras (and, without ``driver``, codes) are used.
         pose: ``follow``: the pose code is each camera's; ``frozen``: the first camera's throughout.
         side_by_side: each frame is render | ground truth | semantics (ground truth only when the
@@ -149,6 +154,10 @@ def render_driven_video(
         blink: the eyes without ``eyes``: ``auto`` (the split's own track when it drives itself, else natural
             blinks), ``natural`` or ``open``.
         blink_seed: seed of the natural blinks.
+        skip_missing: a driver video's frames without a face are left out (with their sound) instead of
+            being an error.
+        driver_neutral_frame: a driver video's frame whose face counts as its resting face (default: the
+            median face over the clip).
     """
     check_render_flags(output, cameras, fps, resolution_scale, max_frames)
     if loaded is None:
@@ -167,6 +176,20 @@ def render_driven_video(
         if audio is not None:
             extra = load_driver(audio, fps=fps)
             seq.audio, seq.sample_rate, seq.audio_source = extra.audio, extra.sample_rate, extra.audio_source
+    elif driver.suffix.lower() in VIDEO_SUFFIXES:
+        seq = load_video_driver(
+            driver,
+            "audio" if model.driver_kind == "audio" else "expression",
+            _dataset_root(pipeline) / EXPRESSION_BASIS,
+            fps=fps,
+            window=window[0],
+            channels=window[1],
+            skip_missing=skip_missing,
+            neutral_frame=driver_neutral_frame,
+        )
+        if audio is not None:
+            extra = load_driver(audio, fps=fps)
+            seq.audio, seq.sample_rate, seq.audio_source = extra.audio, extra.sample_rate, extra.audio_source
     else:
         seq = load_driver(driver, fps=fps, audio=audio, window=window[0], channels=window[1])
     seq = seq.truncated(len(seq) if max_frames is None else max_frames)
@@ -175,7 +198,14 @@ def render_driven_video(
     has_gt = driver is None and cameras == "dataset"
     count = len(seq)
     pivot = 0.5 * (float(model.near) + float(model.far))
-    camera_at = camera_path(dataset.cameras, cameras, frame, count, orbit_degrees, pivot, resolution_scale)
+    rotations = None
+    if cameras == "driver":
+        if seq.head_rotations is None:
+            raise flag_error("--cameras", "driver only with a driver video (--driver clip.mp4)", cameras)
+        rotations = torch.from_numpy(seq.head_rotations).float()
+    camera_at = camera_path(
+        dataset.cameras, cameras, frame, count, orbit_degrees, pivot, resolution_scale, head_rotations=rotations
+    )
     frozen_pose = pose_code(camera_at(0).camera_to_worlds)
     render_seconds = 0.0
     shape: list[int] = []
@@ -267,10 +297,15 @@ def _eyes(
             CONSOLE.print("--blink natural: this model has no eye channel (its driving code moves the eyes)")
         return None, None
     meta = dataset.cameras.metadata or {}
-    own = None
+    own = seq.eye_closure  # a driver video's tracked blinks
     if driver is None and keys.EYE in meta:
         own = meta[keys.EYE][:, 0].cpu().numpy().astype(np.float64)
     return driving_eyes(len(seq), fps, eyes, blink, seed, own)
+
+
+def _dataset_root(pipeline: Pipeline) -> Path:
+    """The dataset folder the run trained on (the one ``--data`` names when it moved)."""
+    return Path(pipeline.datamanager.dataparser.config.data)  # type: ignore[union-attr]
 
 
 def _ground_truth(dataset: Any, index: int, like: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,8 @@ Examples::
     sahs-render --load-config A/config.yml --driver B/transforms_test.json --cameras frame --frame 3
     # a speech recording (any sample rate), orbiting camera, audio muxed into the mp4
     sahs-render --load-config outputs/.../config.yml --driver speech.wav --cameras orbit
+    # a video of anyone talking: their expressions on this avatar, their voice muxed in
+    sahs-render --load-config outputs/.../config.yml --driver someone.mp4 --cameras frame
     # an audio model trained with an eye track (au.csv): its blinks from an OpenFace au.csv instead of
     # natural ones (--blink natural|open|auto; auto: the split's own track, else natural blinks)
     sahs-render --load-config outputs/.../config.yml --driver speech.wav --eyes other/au.csv
@@ -42,12 +44,14 @@ class RenderDriven:
     """The mp4 to write."""
     driver: Path | None = None
     """Driving file: a NeRFace transforms JSON or a [T, 76] .npy (expression models); an aud.npy [T, 16, 29],
-    an AD-NeRF transforms JSON or a .wav (audio models). Another subject's file cross-reenacts. None: the
-    split's own frames."""
+    an AD-NeRF transforms JSON or a .wav (audio models); or a video of anyone's face (.mp4, .mov, ...):
+    tracked, its expressions mapped into this subject's (expression models) or its sound and blinks
+    (audio models), its sound muxed in. Another subject's file cross-reenacts. None: the split's own frames."""
     audio: Path | None = None
     """An audio file to mux into the video (default: the .wav driver, or the aud.wav next to an aud.npy)."""
-    cameras: Literal["dataset", "frame", "orbit"] = "dataset"
-    """Camera path: the split's cameras (cycled), one fixed camera (--frame), or an orbit around it."""
+    cameras: Literal["dataset", "frame", "orbit", "driver"] = "dataset"
+    """Camera path: the split's cameras (cycled), one fixed camera (--frame), an orbit around it, or (with a
+    driver video) that camera turned about the head as the driver's head turns."""
     split: Literal["train", "val", "test"] = "test"
     """Split whose cameras (and, without --driver, codes and ground truth) are used."""
     frame: int = 0
@@ -73,6 +77,10 @@ class RenderDriven:
     (15-20 blinks a minute, 0.1-0.3 s each, seeded) or open."""
     blink_seed: int = 0
     """Seed of the natural blinks."""
+    skip_missing: bool = False
+    """A driver video's frames without a face are left out, with their sound (default: an error naming them)."""
+    driver_neutral_frame: int | None = None
+    """A driver video's frame whose face is its resting face (default: the median face over the clip)."""
 
     def main(self) -> None:
         from sahs_nerfstudio.rendering.driven import render_driven_video
@@ -95,6 +103,8 @@ class RenderDriven:
             eyes=self.eyes,
             blink=self.blink,
             blink_seed=self.blink_seed,
+            skip_missing=self.skip_missing,
+            driver_neutral_frame=self.driver_neutral_frame,
         )
         # Frames/s of the model's rendering alone (no loading, no video encoding), next to the mp4.
         summary = {
