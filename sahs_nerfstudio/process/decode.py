@@ -88,7 +88,7 @@ def square_crop_resize(
     return cv2.resize(rgb, new, interpolation=interp)
 
 
-def _open(path: Path):
+def open_video(path: Path):
     import av
 
     if not path.is_file():
@@ -105,7 +105,7 @@ def resampled_frames(path: Path, fps: float) -> Iterator[Tuple[UInt8[np.ndarray,
     """Source frames at a constant ``fps`` (nearest in time), with the count of source frames so far."""
     import av
 
-    container = _open(path)
+    container = open_video(path)
     try:
         if not container.streams.video:
             kinds = [s.type for s in container.streams] or ["none"]
@@ -145,7 +145,7 @@ def decode_audio(path: Path, video_start: float = 0.0) -> Optional[np.ndarray]:
     """The first audio track as mono float32 at 16 kHz aligned to ``video_start``; None without one."""
     import av
 
-    container = _open(path)
+    container = open_video(path)
     try:
         if not container.streams.audio:
             return None
@@ -176,8 +176,8 @@ def decode_audio(path: Path, video_start: float = 0.0) -> Optional[np.ndarray]:
         container.close()
 
 
-def _video_start(path: Path) -> float:
-    container = _open(path)
+def video_start(path: Path) -> float:
+    container = open_video(path)
     try:
         stream = container.streams.video[0]
         if stream.start_time is None or stream.time_base is None:
@@ -228,7 +228,7 @@ def decode(
             f"at least {min_seconds:g} s ({min_frames} frames at {fps:g} fps, --min-seconds)",
             f"{num / fps:.2f} s ({num} frames)",
         )
-    samples = decode_audio(video, _video_start(video))
+    samples = decode_audio(video, video_start(video))
     if samples is not None:
         audio_path.parent.mkdir(parents=True, exist_ok=True)
         soundfile.write(str(audio_path), samples, FEATURE_SAMPLE_RATE, subtype="PCM_16")

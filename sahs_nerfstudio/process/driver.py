@@ -27,7 +27,7 @@ import numpy as np
 from jaxtyping import Float
 
 from sahs_nerfstudio.data.formats import FormatError
-from sahs_nerfstudio.process.decode import decode_audio, resampled_frames, square_crop_resize
+from sahs_nerfstudio.process.decode import decode_audio, resampled_frames, square_crop_resize, video_start
 from sahs_nerfstudio.process.expression import EYE_CHANNELS, ExpressionBasis, normalised_meshes
 from sahs_nerfstudio.process.face_mesh import NUM_POINTS, MeshTracker
 from sahs_nerfstudio.process.framing import choose_crop
@@ -70,18 +70,8 @@ def track_driver(video: Path, fps: float = 25.0, crop: str = "auto") -> DriverTr
     mesh = np.stack(meshes) if meshes else np.zeros((0, NUM_POINTS, 3))
     track = DriverTrack(video, fps, mesh, crop=mode)
     track.missing = runs(~track.found)
-    track.audio = decode_audio(video, _start(video))
+    track.audio = decode_audio(video, video_start(video))
     return track
-
-
-def _start(video: Path) -> float:
-    import av
-
-    with av.open(str(video)) as container:
-        stream = container.streams.video[0]
-        if stream.start_time is None or stream.time_base is None:
-            return 0.0
-        return float(stream.start_time * stream.time_base)
 
 
 def format_missing(track: DriverTrack) -> str:

@@ -16,7 +16,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from sahs_nerfstudio.process.decode import CropBox, resampled_frames
+from sahs_nerfstudio.process.decode import CropBox, open_video, resampled_frames
 
 HEAD_AND_SHOULDERS = 3.2
 """Side of the box in face heights (the detector's box: about brows to chin)."""
@@ -93,8 +93,10 @@ def _keyframes(video: Path) -> List[np.ndarray]:
     """The clip's keyframes (the decoder skips everything else)."""
     import av
 
-    container = av.open(str(video))
+    container = open_video(video)  # a missing or unreadable file is one FormatError line
     try:
+        if not container.streams.video:
+            return []  # decoding says what is wrong with it, in its own words
         stream = container.streams.video[0]
         stream.codec_context.skip_frame = "NONKEY"
         return [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
