@@ -31,7 +31,7 @@ from sahs_nerfstudio.process.decode import decode_audio, resampled_frames, squar
 from sahs_nerfstudio.process.expression import EYE_CHANNELS, ExpressionBasis, normalised_meshes
 from sahs_nerfstudio.process.face_mesh import NUM_POINTS, MeshTracker
 from sahs_nerfstudio.process.framing import choose_crop
-from sahs_nerfstudio.process.landmarks import runs
+from sahs_nerfstudio.process.landmarks import format_ranges, runs
 from sahs_nerfstudio.process.shape import SubjectShape, subject_shape
 
 TRACK_SIZE = 512
@@ -76,7 +76,7 @@ def track_driver(video: Path, fps: float = 25.0, crop: str = "auto") -> DriverTr
 
 def format_missing(track: DriverTrack) -> str:
     """``frames 3-7 (0.12-0.32 s), ...`` of the frames without a face."""
-    return ", ".join(f"frames {a}-{b} ({a / track.fps:.2f}-{(b + 1) / track.fps:.2f} s)" for a, b in track.missing)
+    return format_ranges(track.missing, track.fps)
 
 
 def check_faces(track: DriverTrack, skip_missing: bool) -> np.ndarray:
