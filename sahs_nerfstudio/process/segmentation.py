@@ -129,6 +129,8 @@ class _Layout:
     a: np.ndarray
     b: np.ndarray
     brow_height: float
+    polys: Dict[str, np.ndarray]
+    """The parts' outlines (:meth:`FaceRegions.polygons`)."""
 
 
 def _layout(matte: UInt8[np.ndarray, "H W"], faces: FaceRegions) -> _Layout:
@@ -150,6 +152,7 @@ def _layout(matte: UInt8[np.ndarray, "H W"], faces: FaceRegions) -> _Layout:
         a=a,
         b=b,
         brow_height=brow_height,
+        polys=polys,
     )
 
 
@@ -276,11 +279,9 @@ def frame_labels(
         skin = _decide(ycc, forehead, colours, "skin", ["hair"])
         labels[forehead & ~skin] = sem.HAIR
         labels[skin] = sem.SKIN
-    polys = faces.polygons()
+    polys = geo.polys
     below_brows = ~(b > geo.brow_height + 0.02 * fh)
-    skin_below = np.zeros((h, w), np.uint8)
-    _fill(skin_below, polys["oval"], 1)
-    labels[skin_below.astype(bool) & below_brows] = sem.SKIN  # below the brows the oval is face, matte or not
+    labels[geo.oval & below_brows] = sem.SKIN  # below the brows the oval is face, matte or not
     for name, cls in (
         ("right_brow", sem.EYEBROWS),
         ("left_brow", sem.EYEBROWS),
