@@ -38,6 +38,7 @@ from torch.cuda.amp.grad_scaler import GradScaler
 
 from sahs_nerfstudio.compat.checkpoints import allow_nerfstudio_checkpoints
 from sahs_nerfstudio.compat.cpu_ddp import pipeline_world_size, wrap_cpu_ddp
+from sahs_nerfstudio.data.formats import EXPRESSION_BASIS
 from sahs_nerfstudio.data.semantics import NUM_CLASSES
 from sahs_nerfstudio.models.sahs_model import SAHSModel
 from sahs_nerfstudio.samplers.class_stats import ClassLossEMA, all_reduce_class_stats, class_log_name
@@ -160,7 +161,9 @@ class SAHSPipeline(VanillaPipeline):
         self._class_losses: ClassLosses | None = None
         if isinstance(self.model, SAHSModel):
             # Before any DDP wrap, so that the panel's buffers are the wrapped module's like the model's own.
-            attach_avatar_controls(self.model).to(device)
+            data = getattr(getattr(config.datamanager, "dataparser", None), "data", None)
+            basis = Path(data) / EXPRESSION_BASIS if data is not None else None
+            attach_avatar_controls(self.model, basis).to(device)
         self._model = wrap_cpu_ddp(self._model, device, world_size)
 
     def get_train_loss_dict(self, step: int):

@@ -219,3 +219,28 @@ def test_ns_viewer_panel_in_chromium(tiny_run_expression, tmp_path):
     assert check.mode_after == EXPRESSION_SLIDERS  # touching a component slider drives by the sliders
     assert check.mean_change > 1.0, f"moving {check.moved} changed the render by {check.mean_change:.3f}"
     assert (tmp_path / "viewer.png").stat().st_size > 10_000
+
+
+def test_a_driver_clip_plays_frame_by_frame(tmp_path, capsys):
+    """A driving file loaded into the panel: its position slider picks the clip's frames; a file of the wrong
+    kind is one line and the clip loaded before stays."""
+    import numpy as np
+
+    from sahs_nerfstudio.viewer.controls import DRIVER_CLIP
+
+    model = _model("expression")
+    avatar = model.avatar
+    cam = _camera()
+    rows = np.random.default_rng(0).normal(size=(5, 76)).astype(np.float32)
+    np.save(tmp_path / "clip.npy", rows)
+    avatar.el06_driver_path.value = str(tmp_path / "clip.npy")
+    assert avatar.load_driver()
+    assert avatar.mode == DRIVER_CLIP and "driver clip: " in capsys.readouterr().out
+    for position, frame in ((0.0, 0), (0.5, 2), (1.0, 4)):
+        avatar.el08_driver_position.value = position
+        assert torch.allclose(model.driving_code_for_camera(cam, {}), torch.from_numpy(rows[frame : frame + 1]))
+    np.save(tmp_path / "narrow.npy", rows[:, :50])
+    assert not avatar.load_driver(tmp_path / "narrow.npy")
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("driver clip not loaded: ") and "narrow.npy" in line and len(line.splitlines()) == 1
+    assert torch.allclose(model.driving_code_for_camera(cam, {}), torch.from_numpy(rows[4:5]))  # the old clip

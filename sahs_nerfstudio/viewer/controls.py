@@ -19,6 +19,10 @@ fix their order on the panel:
 * **Eyes follow frame** / **Eye closure** (audio models trained with an eye track, ``use_eye``): on, the
   eyes are those of the driving frame (the Time slider's or the dataset frame's; open for an audio
   window); the Eye closure slider (0 open .. 1 shut) sets them instead and switches "follow" off.
+* **Driver clip** / **Load driver clip** / **Driver clip position**: a face video (tracked and mapped into
+  the subject's expression basis, as ``sahs-render --driver clip.mp4`` does; frames without a face are
+  left out) or a driving file (``.npy``, transforms ``.json``, audio); the position slider (0 .. 1) plays it
+  frame by frame, so the transfer can be seen before rendering a video.
 * **PC1 .. PC8** (expression models): the leading principal components of the training expression
   codes, in standard deviations (-3 .. 3), each labelled with the share of variance it explains
   (``PC1 (51%)``);
@@ -39,11 +43,13 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from jaxtyping import Float
+from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.viewer.viewer_elements import (
     ViewerButton,
     ViewerCheckbox,
@@ -52,6 +58,7 @@ from nerfstudio.viewer.viewer_elements import (
     ViewerElement,
     ViewerParameter,
     ViewerSlider,
+    ViewerText,
 )
 from torch import Tensor, nn
 
@@ -66,6 +73,7 @@ VIEWER_TIME = "viewer time"
 DATASET_FRAME = "dataset frame"
 EXPRESSION_SLIDERS = "expression sliders"
 AUDIO_WINDOW = "audio window"
+DRIVER_CLIP = "driver clip"
 
 NUM_COMPONENTS = 8
 """Principal components of the training expressions offered as sliders."""
@@ -146,6 +154,10 @@ class AvatarControls(nn.Module):
         expressions = train_drivers.detach().float().clone() if driver_kind == "expression" else torch.zeros(0)
         self.register_buffer("expressions", expressions, persistent=False)
         self.num_components = int(pca.components.shape[0])
+        self.basis_file: Path | None = None
+        """The subject's expression basis (``expression_basis.npz`` in its dataset), for driver videos."""
+        self._driver_rows: Tensor | None = None
+        self._driver_eyes: np.ndarray | None = None
         self._frozen_pose: Tensor | None = None
         self._element_names: list[str] = []
         self._build_elements({})
@@ -170,7 +182,7 @@ class AvatarControls(nn.Module):
             modes.append(EXPRESSION_SLIDERS)
         if self.num_audio_windows > 0:
             modes.append(AUDIO_WINDOW)
-        return modes
+        return modes + [DRIVER_CLIP]
 
     def _add(self, name: str, element: ViewerElement) -> None:
         # Plain attribute (not a submodule): nerfstudio's parse_object finds it through dir().
@@ -255,6 +267,27 @@ class AvatarControls(nn.Module):
                     hint="The eye channel (OpenFace AU45 / 2): 0 open .. 1 shut",
                 ),
             )
+        self._add(
+            "el06_driver_path",
+            ViewerText(
+                "Driver clip",
+                str(value("el06_driver_path", "")),
+                hint="A face video (.mp4, .mov, ...) or a driving file (.npy, .json, .wav); then Load driver clip",
+            ),
+        )
+        self._add("el07_driver_load", ViewerButton("Load driver clip", cb_hook=lambda _: self.load_driver()))
+        self._add(
+            "el08_driver_position",
+            ViewerSlider(
+                "Driver clip position",
+                float(value("el08_driver_position", 0.0)),
+                0.0,
+                1.0,
+                0.001,
+                cb_hook=lambda _: self._switch_mode(DRIVER_CLIP),
+                hint="Where in the loaded driver clip (0: first frame, 1: last)",
+            ),
+        )
         for k in range(self.num_components):
             share = 100.0 * float(self.pca_explained[k])
             name = f"el{10 + k:02d}_pc{k}"
@@ -295,6 +328,39 @@ class AvatarControls(nn.Module):
         checkbox: ViewerCheckbox = self.el04_eye_follows  # type: ignore[attr-defined]
         if bool(checkbox.value) != follow:
             checkbox.value = follow
+
+    def load_driver(self, path: str | Path | None = None) -> bool:
+        """Load a driver clip (the Driver clip field's path when ``path`` is None) for the driver-clip mode; a
+        file that cannot drive this model is one printed line and keeps the clip loaded before."""
+        from sahs_nerfstudio.data.formats import FormatError
+        from sahs_nerfstudio.driving import VIDEO_SUFFIXES, load_driver, load_video_driver
+
+        path = Path(str(self.el06_driver_path.value if path is None else path))  # type: ignore[attr-defined]
+        kind = "audio" if self.driver_kind == "audio" else "expression"
+        try:
+            if path.suffix.lower() in VIDEO_SUFFIXES:
+                seq = load_video_driver(path, kind, self.basis_file, skip_missing=True)
+            else:
+                seq = load_driver(path)
+            rows = np.asarray(seq.rows, dtype=np.float32)
+            width = int(self.expressions.shape[1]) if kind == "expression" else None
+            if seq.kind != kind or (width is not None and rows.shape[1] != width):
+                raise FormatError(path, seq.field_name, f"{kind} rows for this model", f"{seq.kind} rows {rows.shape}")
+        except FormatError as err:
+            CONSOLE.print(f"driver clip not loaded: {err}", markup=False, soft_wrap=True)
+            return False
+        self._driver_rows = torch.from_numpy(rows)
+        self._driver_eyes = seq.eye_closure
+        CONSOLE.print(f"driver clip: {path}: {len(rows)} frames", markup=False)
+        self._switch_mode(DRIVER_CLIP)
+        return True
+
+    def driver_index(self) -> int:
+        """The loaded clip's frame at the position slider."""
+        if self._driver_rows is None:
+            return 0
+        position = min(max(float(self.el08_driver_position.value), 0.0), 1.0)  # type: ignore[attr-defined]
+        return int(round(position * (len(self._driver_rows) - 1)))
 
     def _sliders_from_frame(self, _: Any = None) -> None:
         code = self.expressions[self.frame_index()]
@@ -360,6 +426,9 @@ class AvatarControls(nn.Module):
             i = self.audio_window_index()
             window = model.audio_table[i : i + 1].reshape(1, -1)
             return model.encode_driver(window, torch.tensor([[float(i)]], device=device))
+        if mode == DRIVER_CLIP and self._driver_rows is not None:
+            row = self._driver_rows[self.driver_index()].reshape(1, -1).to(device)
+            return row if self.driver_kind != "audio" else model.encode_driver(row)
         return None
 
     @torch.no_grad()
@@ -376,6 +445,10 @@ class AvatarControls(nn.Module):
             return model.train_eye[f : f + 1].to(device)
         if self.mode == AUDIO_WINDOW:
             return torch.zeros(1, 1, device=device)  # an audio window has no eyes of its own: open
+        if self.mode == DRIVER_CLIP and self._driver_rows is not None:
+            if self._driver_eyes is None:
+                return torch.zeros(1, 1, device=device)
+            return torch.tensor([[float(self._driver_eyes[self.driver_index()])]], device=device)
         return None
 
     def pose(self, pose: Float[Tensor, "1 6"]) -> Float[Tensor, "1 6"]:
@@ -448,8 +521,10 @@ class FrameCameraControl(ViewerControl):
                 client.camera.fov = fov
 
 
-def attach_avatar_controls(model: "SAHSModel") -> AvatarControls:
-    """Build the panel for ``model`` and set it as ``model.avatar``, where the viewer and the model find it."""
+def attach_avatar_controls(model: "SAHSModel", basis_file: Path | None = None) -> AvatarControls:
+    """Build the panel for ``model`` and set it as ``model.avatar``, where the viewer and the model find it;
+    ``basis_file``: the subject's expression basis, for driver videos."""
     controls = AvatarControls.for_model(model)
+    controls.basis_file = basis_file
     model.avatar = controls
     return controls
