@@ -145,11 +145,14 @@ def load_video_driver(
     channels: int = audio_io.CHANNELS,
     skip_missing: bool = False,
     neutral_frame: int | None = None,
+    head_motion: bool = False,
 ) -> DrivingSequence:
     """A face video as a driver (:mod:`sahs_nerfstudio.process.driver`): for an expression model its tracked
     expressions mapped into the subject's basis (``basis_file``, written by ``sahs-process`` into the dataset);
     for an audio model its sound track, and the tracked blinks as the eye closure when the basis is there.
-    Frames without a face are an error naming them, or with ``skip_missing`` left out with their sound."""
+    Frames without a face are an error naming them, or with ``skip_missing`` left out with their sound.
+    ``head_motion`` also solves the driver's head poses (``--cameras driver``), a whole-clip PnP otherwise
+    not needed."""
     from sahs_nerfstudio.process import driver as drv
     from sahs_nerfstudio.process.audio import cut_to_frames
     from sahs_nerfstudio.process.expression import ExpressionBasis
@@ -196,7 +199,8 @@ def load_video_driver(
     if samples is not None:
         rate = audio_io.FEATURE_SAMPLE_RATE
         seq.audio, seq.sample_rate, seq.audio_source = _muxable(samples, rate), _mux_rate(rate), path
-    seq.head_rotations = drv.head_rotations(track, frames, shape)
+    if head_motion:
+        seq.head_rotations = drv.head_rotations(track, frames, shape)
     return seq
 
 

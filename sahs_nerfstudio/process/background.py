@@ -1,11 +1,12 @@
 """Stage 5: the clean plate: the background behind the person, from the person matte over the clip.
 
-On every ``stride``-th kept frame (at most ``max_samples``, evenly spread) a pixel is a background
-sample where the matte is below ``MATTE_BACKGROUND`` and no person pixel (matte above
-``MATTE_PERSON``, grown by ``margin`` of the face width for the matte's soft edge) is near. The
-plate is the per-pixel median of those samples. Pixels the person never uncovered are inpainted
-with OpenCV's Telea method from the seen pixels around them (AD-NeRF copies the nearest seen
-pixel, which smears stripes into the hole).
+On each sampled kept frame (the caller picks them: every ``--background-stride``-th, at most 60) a pixel
+is a background sample where the matte is below ``MATTE_BACKGROUND`` and no person pixel (matte above
+``MATTE_PERSON``, grown by ``margin`` of the face width for the matte's soft edge) is near. The plate is
+the per-pixel median of those samples. Pixels the person never uncovered are filled smoothly from the
+seen pixels around them by a push-pull pyramid (:func:`fill_holes`): AD-NeRF copies the nearest seen
+pixel, which smears stripes into the hole, and OpenCV's Telea / Navier-Stokes inpainting, made for thin
+scratches, draws the same streaks across a hole the size of a person.
 """
 
 from __future__ import annotations
@@ -55,23 +56,18 @@ def masked_median(frames: UInt8[np.ndarray, "S H W 3"], valid: Bool[np.ndarray, 
 
 
 def background_model(
-    indices: List[int],
+    picks: List[int],
     read: Callable[[int], np.ndarray],
     read_matte: Callable[[int], np.ndarray],
-    face_widths: Float[np.ndarray, " N"],
-    stride: int = 10,
-    max_samples: int = 60,
+    face_width: Callable[[int], float],
     margin: float = 0.05,
 ) -> BackgroundModel:
-    """The clean plate over sampled frames (module docstring); ``face_widths`` in pixels per frame."""
-
-    picks = indices[:: max(1, stride)]
-    if len(picks) > max_samples:
-        picks = [picks[int(round(i))] for i in np.linspace(0, len(picks) - 1, max_samples)]
+    """The clean plate over frames ``picks`` (module docstring); ``face_width(f)``: frame ``f``'s face width in
+    pixels."""
     stack, masks = [], []
     for f in picks:
         stack.append(read(f))
-        masks.append(background_samples(read_matte(f), margin * float(face_widths[f])))
+        masks.append(background_samples(read_matte(f), margin * face_width(f)))
     valid = np.stack(masks)
     seen = valid.any(axis=0)
     if not seen.any():  # the person fills every frame: the mean frame is the best there is

@@ -19,7 +19,7 @@ gaze carry over as lid and iris motion; the tongue and teeth are not tracked.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -47,13 +47,15 @@ class DriverTrack:
     mesh: Float[np.ndarray, "T 478 3"]
     audio: Optional[np.ndarray] = None
     """Mono float32 at :data:`~sahs_nerfstudio.data.audio.FEATURE_SAMPLE_RATE`, aligned to frame 0."""
-    crop: str = "centre"
-    missing: List[Tuple[int, int]] = field(default_factory=list)
-    """Inclusive frame ranges without a face."""
 
     @property
     def found(self) -> np.ndarray:
         return np.isfinite(self.mesh).all(axis=(1, 2))
+
+    @property
+    def missing(self) -> List[Tuple[int, int]]:
+        """Inclusive frame ranges without a face."""
+        return runs(~self.found)
 
 
 def track_driver(video: Path, fps: float = 25.0, crop: str = "auto") -> DriverTrack:
@@ -68,10 +70,7 @@ def track_driver(video: Path, fps: float = 25.0, crop: str = "auto") -> DriverTr
     finally:
         tracker.close()
     mesh = np.stack(meshes) if meshes else np.zeros((0, NUM_POINTS, 3))
-    track = DriverTrack(video, fps, mesh, crop=mode)
-    track.missing = runs(~track.found)
-    track.audio = decode_audio(video, video_start(video))
-    return track
+    return DriverTrack(video, fps, mesh, decode_audio(video, video_start(video)))
 
 
 def format_missing(track: DriverTrack) -> str:

@@ -327,14 +327,14 @@ def background_stage(clip: Clip) -> None:
     bg_file, colour_file = clip.work / "background.png", clip.work / "colours.npz"
 
     def compute() -> None:
-        widths = np.zeros(len(clip.frame_files))
-        for f in clip.kept_idx:
-            widths[f] = FaceRegions.from_mesh(clip.mesh[f]).face_width
-        model = bgm.background_model(
-            clip.kept_idx.tolist(), clip.read_frame, clip.read_matte, widths, stride=clip.config.background_stride
-        )
+        picks = clip.sample_frames()  # the same frames for the plate and the colours
+
+        def face_width(f: int) -> float:
+            return FaceRegions.from_mesh(clip.mesh[f]).face_width
+
+        model = bgm.background_model(picks, clip.read_frame, clip.read_matte, face_width)
         write_rgb(bg_file, model.image)
-        fit_colour_models(clip.sample_frames(), clip.read_frame, clip.read_matte, clip.mesh).save(colour_file)
+        fit_colour_models(picks, clip.read_frame, clip.read_matte, clip.mesh).save(colour_file)
 
     clip.runner.stage("background", colour_file, compute)
     clip.background = images.read_image(bg_file)

@@ -171,12 +171,10 @@ def render_driven_video(
     if not 0 <= frame < num_cameras:
         raise FormatError(config_path, "frame", f"a camera index 0..{num_cameras - 1} of the {split} split", str(frame))
     window: tuple[int, ...] = tuple(model.audio_window) if model.driver_kind == "audio" else (16, 29)
+    video_driver = driver is not None and driver.suffix.lower() in VIDEO_SUFFIXES
     if driver is None:
         seq = split_driver(pipeline, split, fps)
-        if audio is not None:
-            extra = load_driver(audio, fps=fps)
-            seq.audio, seq.sample_rate, seq.audio_source = extra.audio, extra.sample_rate, extra.audio_source
-    elif driver.suffix.lower() in VIDEO_SUFFIXES:
+    elif video_driver:
         seq = load_video_driver(
             driver,
             "audio" if model.driver_kind == "audio" else "expression",
@@ -186,12 +184,13 @@ def render_driven_video(
             channels=window[1],
             skip_missing=skip_missing,
             neutral_frame=driver_neutral_frame,
+            head_motion=cameras == "driver",
         )
-        if audio is not None:
-            extra = load_driver(audio, fps=fps)
-            seq.audio, seq.sample_rate, seq.audio_source = extra.audio, extra.sample_rate, extra.audio_source
     else:
         seq = load_driver(driver, fps=fps, audio=audio, window=window[0], channels=window[1])
+    if audio is not None and (driver is None or video_driver):  # a driving file's loader takes --audio itself
+        extra = load_driver(audio, fps=fps)
+        seq.audio, seq.sample_rate, seq.audio_source = extra.audio, extra.sample_rate, extra.audio_source
     seq = seq.truncated(len(seq) if max_frames is None else max_frames)
     codes = encode_sequence(model, seq)
     eye, eye_source = _eyes(model, dataset, seq, driver, eyes, blink, blink_seed, fps)
