@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint browser
+.PHONY: setup demo test lint browser gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ browser:
 
 test: setup browser
 	$(PY) -m pytest -q tests
+
+# On a CUDA machine: the test suite, then sahs-fast for 5 minutes at 512x512; one JSON
+# (benchmarks/runs/gpu_check/gpu_check.json). Without CUDA: one line, status 2. GPU_CHECK_ARGS go to gpu_check.py.
+gpu-check: setup
+	bash benchmarks/gpu_check.sh $(GPU_CHECK_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check sahs_nerfstudio tests

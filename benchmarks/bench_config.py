@@ -17,6 +17,8 @@ DEFAULT_ROWS: tuple[str, ...] = (
 )
 """The variant people train (``sahs-fast``), its sampler and conditioning ablations, and the faithful ``sahs``."""
 ALL_ROWS: tuple[str, ...] = DEFAULT_ROWS + (
+    "sahs-fast-reference",
+    "sahs-fast-no-occupancy",
     "sahs-uniform",
     "sahs-no-hyper",
     "sahs-no-warp",
@@ -45,6 +47,9 @@ ROW_NOTES: dict[str, str] = {
     "sahs-fast-no-hyper": "sahs-fast without the hyper-space (no w, no (x', w) planes)",
     "sahs-fast-nerface": "sahs-fast with neither warp nor hyper-space: the driving code concatenated into the "
     "canonical field (NeRFace / AD-NeRF style)",
+    "sahs-fast-reference": "sahs-fast on the torch reference paths: torch hash grids (not the compiled kernel) "
+    "and no occupancy grid (what sahs-fast trained before issue 20)",
+    "sahs-fast-no-occupancy": "sahs-fast with the compiled hash-grid kernel but without the occupancy grid",
     "sahs": "full MLP model: warp + hyper-space + semantic head, coarse/fine MLPs, semantic ray sampler "
     "(the CPU preset chosen by `--preset`)",
     "sahs-uniform": "sahs with uniform ray sampling instead of the semantic sampler",
@@ -76,7 +81,8 @@ class BenchmarkConfig:
     """Training seeds (``machine.seed``: initial weights, ray sampling); every row runs once per seed."""
     rows: tuple[str, ...] = DEFAULT_ROWS
     """Rows to run, from: sahs-fast, sahs-fast-uniform, sahs-fast-no-warp, sahs-fast-no-hyper, sahs-fast-nerface,
-    sahs, sahs-uniform, sahs-no-hyper, sahs-no-warp, sahs-nerface, nerfacto, dnerf."""
+    sahs-fast-reference, sahs-fast-no-occupancy, sahs, sahs-uniform, sahs-no-hyper, sahs-no-warp, sahs-nerface,
+    nerfacto, dnerf."""
     jobs: int = 2
     """Runs trained at the same time, each in its own process (with ``threads`` torch threads). The queue keeps
     ``jobs`` runs going until it is empty, so every run shares the machine with the same number of others."""

@@ -167,6 +167,7 @@ def render_markdown(
     lines += _sahs_vs_fast(ok)
     if cfg.equal_steps:
         lines += _equal_steps_table(ok, cfg.equal_steps)
+    lines += _speedup_section(ok, cfg.equal_steps)
     lines += ["## Targets", ""] + targets(ok) + [""]
     lines += _refine_section(ok)
     lines += _rows_section(cfg, ok, results)
@@ -298,6 +299,43 @@ def _sahs_vs_fast(ok: Grouped) -> list[str]:
             rel = f"{c.diff:+.2f} ({c.verdict('sahs-fast higher', 'sahs higher')})"
         fmt = "{:.0f}" if key in ("steps_total", "rays_per_s") else "{:.2f}"
         lines.append(f"| {label} | {_cell(a, fmt)} | {_cell(b, fmt)} | {rel} |")
+    return lines + [""]
+
+
+SPEEDUP_PAIRS: tuple[tuple[str, str], ...] = (
+    ("sahs-fast", "sahs-fast-reference"),
+    ("sahs-fast-no-occupancy", "sahs-fast-reference"),
+    ("sahs-fast", "sahs-fast-no-occupancy"),
+)
+"""(faster path, its reference) rows: the compiled kernel + occupancy grid, the kernel alone, the grid alone."""
+RAYS_TARGET = 4.0
+"""Issue 20's target: training rays/s of sahs-fast at least this many times the torch reference's."""
+
+
+def _speedup_section(ok: Grouped, steps: int) -> list[str]:
+    """Each fast path against its reference: training rays/s, and quality at equal steps and equal time."""
+    pairs = [(a, b) for a, b in SPEEDUP_PAIRS if a in ok and b in ok]
+    if not pairs:
+        return []
+    lines = [
+        "## Compiled kernel and occupancy grid against the torch reference",
+        "",
+        f"| row | reference | train rays/s | ratio (target >= {RAYS_TARGET:.0f}x for sahs-fast) | PSNR at "
+        f"{steps} steps: difference | verdict | PSNR at equal time: difference | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for fast, ref in pairs:
+        rays = compare(metric(ok[fast], "rays_per_s", None), metric(ok[ref], "rays_per_s", None))
+        cells = []
+        for reading in ("equal_steps", "equal_time"):
+            c = compare(metric(ok[fast], "psnr", reading), metric(ok[ref], "psnr", reading))
+            cells += [
+                _f(c.diff if c else None, "{:+.2f}"),
+                c.verdict("faster path higher", "reference higher") if c else "–",
+            ]
+        ratio = f"{rays.a.mean / rays.b.mean:.2f}x" if rays and rays.b.mean else "–"
+        rays_cell = f"{_cell(rays.a, '{:.0f}')} vs {_cell(rays.b, '{:.0f}')}" if rays else "–"
+        lines.append(f"| {fast} | {ref} | {rays_cell} | {ratio} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 

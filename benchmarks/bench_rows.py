@@ -68,6 +68,19 @@ def _fast_config(cfg: BenchmarkConfig, data: Path, steps: int, **switches: Any):
     return _method_config(cfg, data, steps, "sahs-fast", **switches)
 
 
+def _reference_paths(config: Any, grid_kernel: str = "torch", occupancy: bool = False) -> Any:
+    """``config`` (a sahs-fast row) with the torch reference of the hash grids and/or without the occupancy grid:
+    the rows that show what the compiled kernel and empty-space skipping each change."""
+    model = config.pipeline.model
+    fields = {name: dataclasses.replace(getattr(model, name), grid_kernel=grid_kernel) for name in FIELD_NAMES}
+    occupancy_config = dataclasses.replace(model.occupancy, enabled=occupancy)
+    config.pipeline.model = dataclasses.replace(model, occupancy=occupancy_config, **fields)
+    return config
+
+
+FIELD_NAMES = ("audio_field", "expression_field")
+
+
 def _switched(model: Any, use_warp: bool, use_hyper: bool) -> Any:
     """``model`` with the warp / hyper-space switches set on both drivers' fields, everything else (the preset's
     sizes) kept. ``canonical_code`` is re-resolved: with both off the driving code goes into the canonical field
@@ -152,6 +165,8 @@ ROW_BUILDERS: dict[str, Callable[[BenchmarkConfig, Path, int], Any]] = {
     "sahs-fast-no-warp": lambda c, d, s: _fast_config(c, d, s, use_warp=False),
     "sahs-fast-no-hyper": lambda c, d, s: _fast_config(c, d, s, use_hyper=False),
     "sahs-fast-nerface": lambda c, d, s: _fast_config(c, d, s, use_warp=False, use_hyper=False),
+    "sahs-fast-reference": lambda c, d, s: _reference_paths(_fast_config(c, d, s)),
+    "sahs-fast-no-occupancy": lambda c, d, s: _reference_paths(_fast_config(c, d, s), grid_kernel="compiled"),
     "nerfacto": _nerfacto_config,
     "dnerf": _dnerf_config,
 }

@@ -270,10 +270,19 @@ def test_cli_renders_and_reports_fps(tiny_run_expression, tmp_path, capsys):
     status = render_cli.run(["--load-config", str(tiny_run_expression), "--output", str(out), "--side-by-side"])
     assert status == 0
     assert _streams(out)["frames"] == 3
-    assert "frames/s" in capsys.readouterr().out
     summary = json.loads(out.with_suffix(".json").read_text())  # the model's rendering alone, per frame
     assert summary["num_frames"] == 3 and summary["render_fps"] > 0
+    assert summary["render_fps"] == pytest.approx(3 / summary["render_seconds"])
     assert summary["render_seconds_per_frame"] == pytest.approx(1.0 / summary["render_fps"])
+    # One console line with the count, the frame size, the time and the rate, all as recorded in the JSON.
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Rendered ")]
+    assert len(lines) == 1, lines
+    threads = torch.get_num_threads()
+    assert lines[0] == (
+        f"Rendered 3 frames at 96x32 in {summary['render_seconds']:.2f} s: {summary['render_fps']:.2f} frames/s "
+        f"({threads} thread{'' if threads == 1 else 's'})"
+    )
+    assert (summary["device"], summary["threads"]) == ("cpu", threads)
 
 
 def _cli_error(args: list[str], capsys) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import io
 import pickle
+import re
 
 import pytest
 import torch
@@ -201,6 +202,65 @@ def test_checkpoints_copies_and_pickles_are_unaffected():
     assert twin.avatar.el00_drive_by.value == EXPRESSION_SLIDERS
 
 
+def test_viewer_frames_show_their_frames_per_second():
+    """Set up by a viewer, the panel shows the frames/s of the viewer's last frame: 1 / the seconds of the
+    model's get_outputs_for_camera in the viewer's render thread, and only there (evaluation, sahs-render)."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from nerfstudio.viewer.render_state_machine import RenderStateMachine
+
+    viser = pytest.importorskip("viser")
+    model = _model("expression")
+    avatar = model.avatar
+    cam = _camera()
+    server = viser.ViserServer(host="127.0.0.1", port=free_port(), verbose=False)
+    try:
+        rerenders = []
+        for _, element in parse_object(model, ViewerElement, "x"):
+            element.install(server)
+            element.cb_hook = rerenders.append  # nerfstudio's viewer re-renders on every element update
+        avatar.viewer_control._setup(SimpleNamespace(viser_server=server, get_model=lambda: model))
+        timed = model.get_outputs_for_camera
+        avatar.viewer_control._setup(SimpleNamespace(viser_server=server, get_model=lambda: model))
+        assert model.get_outputs_for_camera is timed  # a second viewer set-up does not wrap twice
+        model.get_outputs_for_camera(cam)  # not the viewer's thread: nothing shown
+        assert (avatar.last_render, avatar.el93_render_fps.value) == (None, "-")
+
+        class RenderThread(RenderStateMachine):
+            """What the viewer's render thread does with the model, without a viewer."""
+
+            def __init__(self) -> None:
+                threading.Thread.__init__(self, daemon=True)
+                self.outputs: dict = {}
+                self.wall = 0.0
+
+            def run(self) -> None:
+                tick = time.perf_counter()
+                self.outputs = model.get_outputs_for_camera(cam)
+                self.wall = time.perf_counter() - tick
+
+        thread = RenderThread()
+        thread.start()
+        thread.join(60)
+        assert avatar.last_render is not None
+        fps, width, height = avatar.last_render
+        assert (width, height) == (W, H)
+        assert 0.0 < 1.0 / fps <= thread.wall  # the model's time, inside the wall time of the call
+        handle = avatar.el93_render_fps.gui_handle
+        assert handle.value == f"{fps:.2f} ({W}x{H})" and handle.disabled  # on the page, read only
+        time.sleep(0.5)  # viser runs update callbacks on its own threads
+        assert rerenders == []  # showing a frame's rate must not ask for another frame
+        twin = copy.deepcopy(model)
+    finally:
+        server.stop()
+    # The timed call renders what the model's own method does.
+    assert torch.equal(thread.outputs["rgb"], type(model).get_outputs_for_camera(model, cam)["rgb"])
+    # A copy's wrapper renders the copy and reports to the copy's panel.
+    assert twin.get_outputs_for_camera.render.__self__ is twin and twin.get_outputs_for_camera.controls is twin.avatar
+
+
 # ----------------------------------------------------------------------------------------------
 # ns-viewer in headless Chromium
 
@@ -218,6 +278,11 @@ def test_ns_viewer_panel_in_chromium(tiny_run_expression, tmp_path):
     assert check.moved.startswith("PC1 (") and check.moved.endswith("%)")
     assert check.mode_after == EXPRESSION_SLIDERS  # touching a component slider drives by the sliders
     assert check.mean_change > 1.0, f"moving {check.moved} changed the render by {check.mean_change:.3f}"
+    # The panel's frames/s is the last render's: the size on it is the viewer's own "Resolution:" line's.
+    fps = re.fullmatch(r"(\d+\.\d+) \((\d+)x(\d+)\)", check.render_fps)
+    size = re.search(r"(\d+)\s*[x\u00d7]\s*(\d+)", check.resolution)
+    assert fps is not None and size is not None, (check.render_fps, check.resolution)
+    assert float(fps.group(1)) > 0 and fps.group(2, 3) == size.group(1, 2)
     assert (tmp_path / "viewer.png").stat().st_size > 10_000
 
 

@@ -34,7 +34,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-PANEL_LABELS = ("Drive by", "Dataset frame", "View from dataset frame")
+PANEL_LABELS = ("Drive by", "Dataset frame", "View from dataset frame", "Render frames/s")
 """Labels of the SAHS panel every model shows."""
 
 
@@ -96,6 +96,8 @@ class ViewerCheck:
     mode_after: str = ""
     """The "Drive by" dropdown's value after moving the slider."""
     resolution: str = ""
+    render_fps: str = ""
+    """The panel's "Render frames/s" text once the moved slider's render settled."""
     before: np.ndarray | None = None
     after: np.ndarray | None = None
 
@@ -198,6 +200,7 @@ def drive_viewer(
             )
             check.mean_change = float(np.abs(check.after - check.before).mean())
             check.resolution = page.get_by_text("Resolution:").first.inner_text()
+            check.render_fps = _row(page, "Render frames/s").locator("input").first.input_value()
             check.mode_after = mode()
             if screenshot is not None:
                 screenshot.parent.mkdir(parents=True, exist_ok=True)

@@ -108,9 +108,9 @@ class TorchHashEncoding(HashEncoding):
         return out.reshape(*shape, levels * self.features_per_level)
 
 
-def use_fast_torch_hashing(module: nn.Module) -> None:
+def use_fast_torch_hashing(module: nn.Module, encoding: type[TorchHashEncoding] = TorchHashEncoding) -> None:
     """Switch every torch-backed nerfstudio :class:`HashEncoding` inside ``module`` (e.g. proposal networks) to
-    :class:`TorchHashEncoding`: same parameters and values, faster on a CPU."""
+    ``encoding`` (:class:`TorchHashEncoding` or a subclass): same parameters and values, faster on a CPU."""
     for sub in module.modules():
         if type(sub) is HashEncoding and sub.tcnn_encoding is None:
-            sub.__class__ = TorchHashEncoding
+            sub.__class__ = encoding

@@ -35,8 +35,10 @@ from torch import Tensor, nn
 from sahs_nerfstudio.compat.encodings import TorchHashEncoding
 from sahs_nerfstudio.fields.base import AMBIENT_KEY, DEFORMATION_KEY, SAHSConditioningConfig, SAHSFieldBase
 from sahs_nerfstudio.fields.encoding import positional_encoding
+from sahs_nerfstudio.kernels.hash_grid import CompiledHashEncoding
 
 Implementation = Literal["tcnn", "torch"]
+GridKernel = Literal["compiled", "torch"]
 
 
 @dataclass
@@ -52,6 +54,10 @@ class SAHSFastFieldConfig(SAHSConditioningConfig):
     implementation: Implementation = "tcnn"
     """Hash grids, SH encoding, colour and semantic MLPs: ``tcnn`` (falls back to torch when tiny-cuda-nn is
     absent) or ``torch``. The deformation and density MLPs are torch (they take per-ray conditioning)."""
+    grid_kernel: GridKernel = "compiled"
+    """CPU path of the torch hash grids (this field's and the proposal networks'): ``compiled``, the fused C++
+    kernel of ``kernels/hash_grid.cpp`` (built on first use; the torch path, with one message, when it cannot be
+    built), or ``torch``, the plain reference it is tested against. No effect on tcnn grids or on a GPU."""
     # Canonical 3-D grid on x'.
     num_levels: int = 16
     """Levels of the canonical hash grid."""
@@ -107,8 +113,11 @@ class SAHSFastFieldConfig(SAHSConditioningConfig):
             raise ValueError("max_res and deform_max_res must be >= base_res.")
 
 
-def _hash_grid(num_levels: int, base_res: int, max_res: int, log2_size: int, feats: int, impl: str) -> HashEncoding:
-    return TorchHashEncoding(
+def _hash_grid(
+    num_levels: int, base_res: int, max_res: int, log2_size: int, feats: int, impl: str, kernel: GridKernel
+) -> HashEncoding:
+    encoding = CompiledHashEncoding if kernel == "compiled" else TorchHashEncoding
+    return encoding(
         num_levels=num_levels,
         min_res=base_res,
         max_res=max_res,
@@ -116,6 +125,14 @@ def _hash_grid(num_levels: int, base_res: int, max_res: int, log2_size: int, fea
         features_per_level=feats,
         implementation=impl,  # type: ignore[arg-type]
     )
+
+
+def per_ray(cond: Float[Tensor, "*bs S C"]) -> Float[Tensor, "*bs S_or_1 C"]:
+    """``cond`` with a samples axis that only repeats each ray's row (stride 0: how nerfstudio's ray samples carry
+    metadata) cut to one sample, so that the conditioning layers run once per ray and broadcast over the samples."""
+    if cond.dim() >= 3 and cond.shape[-2] > 1 and cond.stride(-2) == 0:
+        return cond[..., :1, :]
+    return cond
 
 
 class ConditionedMLP(nn.Module):
@@ -153,11 +170,16 @@ class ConditionedMLP(nn.Module):
         assert isinstance(layer, nn.Linear)
         return layer
 
-    def forward(self, x: Float[Tensor, "*bs in_dim"], cond: Float[Tensor, "*cbs cond_dim"] | None) -> Tensor:
+    def forward(
+        self, x: Float[Tensor, "*bs in_dim"], cond: Float[Tensor, "*cbs cond_dim"] | None, rows: Tensor | None = None
+    ) -> Tensor:
+        """``rows`` (``[M]``, with ``x`` ``[M, in_dim]``): each point's row of ``cond`` ``[R, cond_dim]``, so sparse
+        points still pay for the conditioning once per ray; None: ``cond`` broadcasts against ``x``."""
         h = self.first(x)
         if self.cond is not None:
             assert cond is not None
-            h = h + self.cond(cond)  # broadcast [N, 1, W] over the samples [N, S, W]
+            c = self.cond(cond)
+            h = h + (c if rows is None else c.index_select(0, rows))  # broadcast [N, 1, W] over samples [N, S, W]
         return self.rest(F.relu(h))
 
 
@@ -231,6 +253,7 @@ class SAHSFastField(SAHSFieldBase[SAHSFastFieldConfig]):
                 cfg.deform_log2_hashmap_size,
                 cfg.features_per_level,
                 impl,
+                cfg.grid_kernel,
             )
             self.deform_mlp = ConditionedMLP(
                 self.deform_grid.get_out_dim(),
@@ -245,7 +268,13 @@ class SAHSFastField(SAHSFieldBase[SAHSFastFieldConfig]):
 
         # Canonical density: [grid(x'), planes(x', w)] + per-ray [PE(p)?, a?].
         self.grid = _hash_grid(
-            cfg.num_levels, cfg.base_res, cfg.max_res, cfg.log2_hashmap_size, cfg.features_per_level, impl
+            cfg.num_levels,
+            cfg.base_res,
+            cfg.max_res,
+            cfg.log2_hashmap_size,
+            cfg.features_per_level,
+            impl,
+            cfg.grid_kernel,
         )
         self.planes = (
             HyperPlanes(self.num_ambient, cfg.plane_resolutions, cfg.plane_channels, cfg.plane_init_std)
@@ -294,13 +323,14 @@ class SAHSFastField(SAHSFieldBase[SAHSFastFieldConfig]):
         return grid(unit.clamp(0.0, 1.0).reshape(-1, 3)).reshape(*unit.shape[:-1], -1).to(unit.dtype)
 
     def deform(
-        self, x: Float[Tensor, "*bs 3"], cond: Float[Tensor, "*cbs cond"] | None
+        self, x: Float[Tensor, "*bs 3"], cond: Float[Tensor, "*cbs cond"] | None, rows: Tensor | None = None
     ) -> tuple[Float[Tensor, "*bs 3"], Float[Tensor, "*bs A"], Float[Tensor, "*bs 3"]]:
-        """``(x', w, offset)`` for observation-space points; ``cond`` = per-ray ``[a, PE(p)?]``."""
+        """``(x', w, offset)`` for observation-space points; ``cond`` = per-ray ``[a, PE(p)?]`` (``rows``: see
+        :meth:`density_points`)."""
         batch_shape = x.shape[:-1]
         if self.deform_mlp is None or self.deform_grid is None:
             return x, x.new_zeros(*batch_shape, 0), torch.zeros_like(x)
-        out = self.deform_mlp(self._encode(self.deform_grid, self.unit(x)), cond)
+        out = self.deform_mlp(self._encode(self.deform_grid, self.unit(x)), cond, rows)
         if self.config.use_warp:
             offset = self.config.max_offset * torch.tanh(out[..., :3])
             ambient = torch.tanh(out[..., 3:])
@@ -316,14 +346,16 @@ class SAHSFastField(SAHSFieldBase[SAHSFastFieldConfig]):
         code: Float[Tensor, "*cbs code_dim"],
         pose: Float[Tensor, "*cbs pose_dim"] | None = None,
         density_noise_std: float = 0.0,
+        rows: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """See :meth:`SAHSFieldBase.forward_points`; ``"density"`` is ``trunc_exp``, without noise.
 
-        ``code`` and ``pose`` stay at their (per-ray) shape until the first MLP layer, which broadcasts them.
+        ``code`` and ``pose`` stay at their (per-ray) shape until the first MLP layer, which broadcasts them
+        (``rows``: see :meth:`density_points`).
         """
         if density_noise_std != 0.0:
             raise ValueError("SAHSFastField has no density noise (its density_noise_std is 0).")
-        out = self.density_points(positions, code, pose)
+        out = self.density_points(positions, code, pose, rows)
         if directions is not None:
             out.update(self.head_points(out["feat"], directions))
         return out
@@ -333,17 +365,22 @@ class SAHSFastField(SAHSFieldBase[SAHSFastFieldConfig]):
         positions: Float[Tensor, "*bs 3"],
         code: Float[Tensor, "*cbs code_dim"],
         pose: Float[Tensor, "*cbs pose_dim"] | None = None,
+        rows: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """The density half of :meth:`forward_points` (deformation, canonical grid and planes, density MLP): every
-        output but ``"rgb"`` and ``"semantics"``. The fast renderer calls it on the samples it keeps."""
+        output but ``"rgb"`` and ``"semantics"``. The fast renderer calls it on the samples it keeps.
+
+        ``rows``: for a flat set of points ``[M, 3]`` taken from many rays, each point's row of the per-ray
+        ``code`` / ``pose`` ``[R, C]`` (the conditioning's layer then runs once per ray, not once per point)."""
         cfg = self.config
+        code, pose = per_ray(code), (per_ray(pose) if pose is not None else None)
         pose_enc = None
         if self.pose_encoding is not None:
             if pose is None:
                 raise ValueError("This field is pose-conditioned (use_pose) but no pose was given.")
             pose_enc = self.pose_encoding(pose)
         deform_cond = code if pose_enc is None else torch.cat([code, pose_enc.expand(*code.shape[:-1], -1)], dim=-1)
-        x_canon, ambient, offset = self.deform(positions, deform_cond)
+        x_canon, ambient, offset = self.deform(positions, deform_cond, rows)
 
         unit = self.unit(x_canon)
         inside = ((unit > 0.0) & (unit < 1.0)).all(dim=-1, keepdim=True)
@@ -353,7 +390,7 @@ class SAHSFastField(SAHSFieldBase[SAHSFastFieldConfig]):
         cond_parts = ([pose_enc] if pose_enc is not None else []) + ([code] if cfg.canonical_code else [])
         if len(cond_parts) == 2:
             cond_parts = [torch.cat([cond_parts[0].expand(*code.shape[:-1], -1), cond_parts[1]], dim=-1)]
-        h = self.density_mlp(torch.cat(parts, dim=-1), cond_parts[0] if cond_parts else None)
+        h = self.density_mlp(torch.cat(parts, dim=-1), cond_parts[0] if cond_parts else None, rows)
         raw, feat = h[..., :1], h[..., 1:]
         density = trunc_exp(raw + cfg.density_bias) * inside
         return {

@@ -29,13 +29,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from torch import Tensor
 
 from sahs_nerfstudio.fields.base import AMBIENT_KEY, DEFORMATION_KEY
-from sahs_nerfstudio.fields.fast_field import SAHSFastField
+from sahs_nerfstudio.fields.fast_field import SAHSFastField, per_ray
 
 Outputs = dict[str, Tensor]
 
@@ -59,9 +59,15 @@ class FastRenderConfig:
     """Samples per ray evaluated between two transmittance checks."""
 
 
-def march(field: SAHSFastField, ray_samples: RaySamples, cfg: FastRenderConfig) -> tuple[dict, Float[Tensor, "N S 1"]]:
+def march(
+    field: SAHSFastField,
+    ray_samples: RaySamples,
+    cfg: FastRenderConfig,
+    keep: Bool[Tensor, "N S"] | None = None,
+) -> tuple[dict, Float[Tensor, "N S 1"]]:
     """The field's outputs (keyed like ``field(ray_samples)``) and the samples' weights, evaluating the density half
-    front to back with early ray termination and the heads only where there is weight; left-out samples read 0."""
+    front to back with early ray termination and the heads only where there is weight; left-out samples (and those
+    ``keep`` leaves out: the occupancy grid's empty cells) read 0."""
     code, pose = field.conditioning(ray_samples)
     positions = ray_samples.frustums.get_positions()
     deltas = ray_samples.deltas
@@ -70,20 +76,24 @@ def march(field: SAHSFastField, ray_samples: RaySamples, cfg: FastRenderConfig) 
     max_depth = -math.log(cfg.stop_transmittance)
     optical_depth = positions.new_zeros(n)
     alive = torch.arange(n, device=positions.device)
-    full: dict[str, Tensor] = {}
+    widths = _output_widths(field, positions, code, pose)
+    full = {key: positions.new_zeros(n, s, width) for key, width in widths.items()}
     block = max(cfg.block_samples, 1)
     for s0 in range(0, s, block):
         if alive.numel() == 0:
             break
         s1 = min(s0 + block, s)
-        rows_code = _rows(code, alive, s0, s1)
-        assert rows_code is not None
-        part = field.density_points(positions[alive, s0:s1], rows_code, _rows(pose, alive, s0, s1))
-        for key in ("density", "feat", DEFORMATION_KEY, AMBIENT_KEY):
-            if key not in full:
-                full[key] = positions.new_zeros(n, s, part[key].shape[-1])
-            full[key][alive, s0:s1] = part[key]
-        optical_depth[alive] += (part["density"][..., 0] * deltas[alive, s0:s1, 0]).sum(dim=-1)
+        if keep is None:
+            rays = alive[:, None].expand(-1, s1 - s0).reshape(-1)
+            samples = torch.arange(s0, s1, device=positions.device).repeat(alive.numel())
+        else:
+            r, c = keep[alive, s0:s1].nonzero(as_tuple=True)
+            rays, samples = alive[r], c + s0
+        if rays.numel() > 0:
+            part = field.density_points(positions[rays, samples], *_point_conditioning(code, pose, rays, samples))
+            for key in full:
+                full[key][rays, samples] = part[key]
+            optical_depth.index_add_(0, rays, part["density"][:, 0] * deltas[rays, samples, 0])
         alive = alive[optical_depth[alive] < max_depth]
     weights = ray_samples.get_weights(full["density"])
 
@@ -107,11 +117,55 @@ def march(field: SAHSFastField, ray_samples: RaySamples, cfg: FastRenderConfig) 
     return outs, weights
 
 
-def _rows(cond: Tensor | None, rays: Tensor, s0: int, s1: int) -> Tensor | None:
-    """Per-ray conditioning ``[N, 1 or S, C]`` (the samples' metadata may hold it expanded) for a block of samples."""
-    if cond is None:
-        return None
-    return cond[rays] if cond.shape[1] == 1 else cond[rays, s0:s1]
+def _output_widths(field: SAHSFastField, positions: Tensor, code: Tensor, pose: Tensor | None) -> dict[str, int]:
+    """Widths of the density half's outputs the renderer keeps (from one point: the field's sizes decide them)."""
+    one = torch.zeros(1, dtype=torch.long, device=positions.device)
+    part = field.density_points(positions[:1, 0], *_point_conditioning(code, pose, one, one))
+    return {key: part[key].shape[-1] for key in ("density", "feat", DEFORMATION_KEY, AMBIENT_KEY)}
+
+
+def kept_outputs(field: SAHSFastField, ray_samples: RaySamples, keep: Bool[Tensor, "N S"]) -> dict:
+    """``field(ray_samples)`` (differentiable, every head) evaluated only at the samples ``keep`` marks; the others
+    read zero (density, colour, logits, deformation, ambient). Training's path with the occupancy grid."""
+    code, pose = field.conditioning(ray_samples)
+    positions = ray_samples.frustums.get_positions()
+    n, s = positions.shape[:2]
+    rays, samples = keep.nonzero(as_tuple=True)
+    scale = 1.0
+    if rays.numel() == 0:  # one sample for the output widths (and a graph), multiplied by zero below
+        rays, samples, scale = rays.new_zeros(1), samples.new_zeros(1), 0.0
+    directions = ray_samples.frustums.directions[rays, samples]
+    point_code, point_pose, rows = _point_conditioning(code, pose, rays, samples)
+    out = field.forward_points(positions[rays, samples], directions, point_code, point_pose, rows=rows)
+    outs: dict = {}
+    for key, head in (
+        ("density", FieldHeadNames.DENSITY),
+        ("rgb", FieldHeadNames.RGB),
+        ("semantics", FieldHeadNames.SEMANTICS),
+        (DEFORMATION_KEY, DEFORMATION_KEY),
+        (AMBIENT_KEY, AMBIENT_KEY),
+    ):
+        if key in out:
+            value = out[key] * scale
+            outs[head] = value.new_zeros(n, s, value.shape[-1]).index_put((rays, samples), value)
+    return outs
+
+
+def _point_conditioning(
+    code: Tensor, pose: Tensor | None, rays: Tensor, samples: Tensor
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """``(code, pose, rows)`` for the field's ``rows`` argument from the per-ray conditioning ``[N, 1 or S, C]`` (the
+    samples' metadata may hold it expanded): a flat table of conditioning rows and each point's row in it."""
+    code, pose = per_ray(code), (per_ray(pose) if pose is not None else None)
+    if code.shape[1] == 1 and (pose is None or pose.shape[1] == 1):
+        return code[:, 0], (pose[:, 0] if pose is not None else None), rays
+    s = max(code.shape[1], pose.shape[1] if pose is not None else 1)
+    n = code.shape[0]
+
+    def flat(cond: Tensor) -> Tensor:
+        return cond.expand(n, s, cond.shape[-1]).reshape(n * s, -1)
+
+    return flat(code), (flat(pose) if pose is not None else None), rays * s + samples
 
 
 def _coarse_lines(size: int, stride: int) -> Tensor:

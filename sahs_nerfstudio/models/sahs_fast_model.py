@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.fields.density_fields import HashMLPDensityField
@@ -31,12 +31,17 @@ from nerfstudio.model_components.ray_samplers import ProposalNetworkSampler, Uni
 from torch import Tensor
 from torch.nn import Parameter
 
-from sahs_nerfstudio.compat.encodings import use_fast_torch_hashing
+from sahs_nerfstudio.compat.encodings import TorchHashEncoding, use_fast_torch_hashing
 from sahs_nerfstudio.data.semantics import colorize
 from sahs_nerfstudio.fields.base import AMBIENT_KEY, DEFORMATION_KEY
 from sahs_nerfstudio.fields.fast_field import SAHSFastField, SAHSFastFieldConfig
-from sahs_nerfstudio.models.fast_render import FastRenderConfig, culled_image_outputs, march
+from sahs_nerfstudio.kernels.hash_grid import CompiledHashEncoding
+from sahs_nerfstudio.models.fast_render import FastRenderConfig, culled_image_outputs, kept_outputs, march
+from sahs_nerfstudio.models.occupancy import OccupancyGrid, OccupancyGridConfig, masked_density_fn
 from sahs_nerfstudio.models.sahs_model import SAHSBaseModelConfig, SAHSModel
+
+OCCUPANCY_CONDITIONS = 256
+"""Rays of each training batch whose conditioning the occupancy grid's next update draws from."""
 
 
 def _default_proposal_args() -> list[dict[str, Any]]:
@@ -85,10 +90,13 @@ class SAHSFastModelConfig(SAHSBaseModelConfig):
     """Implementation of the proposal networks' grids/MLPs (the field has its own ``implementation``)."""
     render: FastRenderConfig = field(default_factory=FastRenderConfig)
     """How images are rendered outside training (the pruned renderer and its error bounds)."""
+    occupancy: OccupancyGridConfig = field(default_factory=OccupancyGridConfig)
+    """Empty-space skipping: the occupancy grid (training and rendering evaluate the field only in occupied cells)."""
 
     def __setstate__(self, state: dict) -> None:
-        # PyYAML restores a saved config through here: one written before ``render`` existed renders as now.
-        self.__dict__.update({"render": FastRenderConfig(), **state})
+        # PyYAML restores a saved config through here: one written before ``render`` existed renders as now, and one
+        # written before ``occupancy`` existed has no grid in its checkpoint, so it runs without one.
+        self.__dict__.update({"render": FastRenderConfig(), "occupancy": OccupancyGridConfig(enabled=False), **state})
 
 
 class SAHSFastModel(SAHSModel):
@@ -107,8 +115,21 @@ class SAHSFastModel(SAHSModel):
         for i in range(cfg.num_proposal_iterations):
             args = cfg.proposal_net_args_list[min(i, len(cfg.proposal_net_args_list) - 1)]
             self.proposal_networks.append(HashMLPDensityField(aabb, implementation=cfg.implementation, **args))
-        use_fast_torch_hashing(self.proposal_networks)  # same values, faster when the grids run in torch
+        # Same values, faster when the grids run in torch; the field's grid_kernel picks the compiled kernel or not.
+        kernel = self.field_config.grid_kernel
+        use_fast_torch_hashing(
+            self.proposal_networks, CompiledHashEncoding if kernel == "compiled" else TorchHashEncoding
+        )
+        self.occupancy_grid = OccupancyGrid(cfg.occupancy, aabb) if cfg.occupancy.enabled else None
         self.density_fns = [net.density_fn for net in self.proposal_networks]  # type: ignore[attr-defined]
+        if self.occupancy_grid is not None:
+            self.density_fns = [
+                masked_density_fn(fn, self.occupancy_grid)  # type: ignore[arg-type]
+                for fn in self.density_fns
+            ]
+        # Per-ray conditioning of the last training batch (a sample of rows): what the grid's updates measure with.
+        self._conditions: tuple[Tensor, Tensor | None] | None = None
+        self._kept_share = 1.0
 
         def update_schedule(step: int) -> float:
             return float(
@@ -170,7 +191,26 @@ class SAHSFastModel(SAHSModel):
                 func=self.proposal_sampler.step_cb,
             )
         )
+        if self.occupancy_grid is not None:
+            callbacks.append(
+                TrainingCallback(
+                    where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
+                    update_every_num_iters=1,
+                    func=self.update_occupancy,
+                )
+            )
         return callbacks
+
+    def update_occupancy(self, step: int) -> bool:
+        """Re-measure the occupancy grid on its schedule, with the conditioning of the last training batch."""
+        if self.occupancy_grid is None or self._conditions is None:
+            return False
+        code, pose = self._conditions
+
+        def density(points: Tensor, rows: Tensor) -> Tensor:
+            return self.field.density_points(points, code, pose, rows)["density"]
+
+        return self.occupancy_grid.update(density, code.shape[0], step)
 
     def fast_rendering(self) -> bool:
         """Whether rays go through the pruned renderer now (outside training, without gradients, when enabled)."""
@@ -180,8 +220,13 @@ class SAHSFastModel(SAHSModel):
         bg_rgb = self.prepare_rays(ray_bundle)  # driving code + pose per ray, background colour (as sahs)
 
         ray_samples, weights_list, ray_samples_list = self.proposal_sampler(ray_bundle, density_fns=self.density_fns)
+        keep = self.kept_samples(ray_samples)
         if self.fast_rendering():
-            outs, weights = march(self.field, ray_samples, self.config.render)
+            outs, weights = march(self.field, ray_samples, self.config.render, keep)
+            level = self.composite(ray_samples, outs, weights, bg_rgb, ray_bundle.fars)
+        elif keep is not None:
+            outs = kept_outputs(self.field, ray_samples, keep)
+            weights = ray_samples.get_weights(outs[FieldHeadNames.DENSITY])
             level = self.composite(ray_samples, outs, weights, bg_rgb, ray_bundle.fars)
         else:
             level, weights = self._render_level(self.field, ray_samples, bg_rgb, ray_bundle.fars)
@@ -192,6 +237,22 @@ class SAHSFastModel(SAHSModel):
             outputs["weights_list"] = weights_list
             outputs["ray_samples_list"] = ray_samples_list
         return outputs
+
+    def kept_samples(self, ray_samples: RaySamples) -> Tensor | None:
+        """The samples the field must evaluate (``[N, S]``; None: all), per the occupancy grid once it is active; in
+        training, also keeps a sample of the batch's conditioning for the grid's next update."""
+        grid = self.occupancy_grid
+        if grid is None or not self.config.occupancy.enabled:  # built, then switched off: every sample
+            return None
+        if self.training:
+            code, pose = self.field.conditioning(ray_samples)
+            rows = torch.randperm(code.shape[0], device=code.device)[:OCCUPANCY_CONDITIONS]
+            self._conditions = (code[rows, 0].detach(), pose[rows, 0].detach() if pose is not None else None)
+        if not bool(grid.active):
+            return None
+        keep = grid.query(ray_samples.frustums.get_positions())
+        self._kept_share = float(keep.float().mean())
+        return keep
 
     def with_images(self, level: dict[str, Tensor]) -> dict[str, Any]:
         """A level's per-ray outputs plus the colour images made from them (semantic classes, hyper-space)."""
@@ -232,6 +293,14 @@ class SAHSFastModel(SAHSModel):
             self.config.eval_num_rays_per_chunk,
             self.config.render,
         )
+
+    def get_metrics_dict(self, outputs, batch) -> dict[str, Tensor]:
+        metrics = super().get_metrics_dict(outputs, batch)
+        if self.occupancy_grid is not None and self.training:
+            # Share of the field's samples the occupancy grid let through in the last batch (1 before it is active).
+            metrics["kept_samples"] = torch.tensor(self._kept_share if bool(self.occupancy_grid.active) else 1.0)
+            metrics["occupied_cells"] = torch.tensor(self.occupancy_grid.occupied_fraction())
+        return metrics
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> dict[str, Tensor]:
         losses = super().get_loss_dict(outputs, batch, metrics_dict)

@@ -53,8 +53,9 @@ class DrivenResult:
     """Width of a rendered frame (all panels side by side)."""
     height: int
     """Height of a rendered frame."""
-    render_fps: float
-    """Frames per second of the model's rendering alone."""
+    render_seconds: float
+    """Seconds spent rendering the frames: the model's rendering and assembling the panels (no loading, no
+    video encoding)."""
     total_fps: float
     """Frames per second including encoding the video."""
     video: VideoInfo | None
@@ -67,6 +68,26 @@ class DrivenResult:
     """The eye closure given to each frame ``[T]`` (None: the model takes no eye channel)."""
     eye_source: str | None = None
     """Where :attr:`eye` came from (a file, the split's own track, natural blinks, open)."""
+    device: str = "cpu"
+    """The device the model rendered on."""
+    threads: int = 1
+    """torch's CPU threads while rendering (what bounds the frame rate on a CPU)."""
+
+    @property
+    def render_fps(self) -> float:
+        """Frames per second of the model's rendering alone (:attr:`render_seconds`)."""
+        return self.num_frames / max(self.render_seconds, 1e-9)
+
+    def summary_line(self) -> str:
+        """The line ``sahs-render`` ends with, e.g. ``Rendered 120 frames at 128x128 in 23.40 s: 5.13 frames/s
+        (2 threads)``; on a GPU the device instead of the threads."""
+        on = self.device
+        if on == "cpu":
+            on = f"{self.threads} thread" + ("" if self.threads == 1 else "s")
+        return (
+            f"Rendered {self.num_frames} frames at {self.width}x{self.height} in {self.render_seconds:.2f} s: "
+            f"{self.render_fps:.2f} frames/s ({on})"
+        )
 
 
 def split_driver(pipeline: Pipeline, split: str, fps: float = 25.0) -> DrivingSequence:
@@ -255,24 +276,26 @@ def render_driven_video(
         num_frames=count,
         width=shape[1] if shape else 0,
         height=shape[0] if shape else 0,
-        render_fps=count / max(render_seconds, 1e-9),
+        render_seconds=render_seconds,
         total_fps=count / max(total, 1e-9),
         video=info,
         driver=seq,
         has_ground_truth=has_gt,
         eye=eye,
         eye_source=eye_source,
+        device=str(model.device),
+        threads=torch.get_num_threads(),
     )
-    audio_note = ""
+    CONSOLE.print(f"[bold green]{result.summary_line()}[/bold green]")
+    notes = []
+    if output is not None:
+        notes.append(f"to {output} at {result.total_fps:.2f} frames/s with encoding")
     if info is not None and info.audio_seconds is not None:
-        audio_note = f", audio {info.audio_seconds:.2f} s from {seq.audio_source}"
+        notes.append(f"audio {info.audio_seconds:.2f} s from {seq.audio_source}")
     if eye_source is not None:
-        audio_note += f", eyes: {eye_source}"
-    where = f" to {output}" if output is not None else ""
-    CONSOLE.print(
-        f"rendered {count} frames ({result.width}x{result.height}){where}: {result.render_fps:.2f} frames/s "
-        f"rendering, {result.total_fps:.2f} frames/s with encoding{audio_note}"
-    )
+        notes.append(f"eyes: {eye_source}")
+    if notes:
+        CONSOLE.print("  " + ", ".join(notes), markup=False, soft_wrap=True)
     return result
 
 

@@ -106,20 +106,22 @@ class RenderDriven:
             skip_missing=self.skip_missing,
             driver_neutral_frame=self.driver_neutral_frame,
         )
-        # Frames/s of the model's rendering alone (no loading, no video encoding), next to the mp4.
+        # Frames/s of the model's rendering alone (no loading, no video encoding), next to the mp4; the console
+        # already has render_driven_video's "Rendered N frames at WxH in S s: F frames/s" line.
         summary = {
             "num_frames": result.num_frames,
             "width": result.width,
             "height": result.height,
+            "render_seconds": result.render_seconds,
             "render_fps": result.render_fps,
             "render_seconds_per_frame": 1.0 / result.render_fps if result.render_fps > 0 else None,
             "total_fps": result.total_fps,
+            "device": result.device,
+            "threads": result.threads,
         }
         metrics_path = self.output.with_suffix(".json")
         metrics_path.write_text(json.dumps(summary, indent=2))
-        CONSOLE.print(
-            f"[bold green]achieved {result.render_fps:.2f} frames/s[/bold green] ({self.output}; {metrics_path})"
-        )
+        CONSOLE.print(f"frames/s and timings: {metrics_path}", markup=False, soft_wrap=True)
 
 
 def run(argv: list | None = None) -> int:

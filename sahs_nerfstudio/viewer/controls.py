@@ -28,6 +28,11 @@ fix their order on the panel:
   (``PC1 (51%)``);
   **Sliders from dataset frame** projects the frame's expression onto them; **Reset expression**
   puts them back at the mean expression.
+* **Render frames/s** (read only): the rate of the viewer's last frame, ``1 / seconds`` of the model's
+  ``get_outputs_for_camera`` for it, with the frame's size (the viewer renders small while the camera moves).
+  nerfstudio's viewer has no render hook, so when it sets the panel up (:class:`FrameCameraControl`) the
+  model's ``get_outputs_for_camera`` is wrapped (:func:`time_viewer_renders`); only calls from the viewer's
+  render threads are timed, so evaluation and ``sahs-render`` frames never show up there.
 
 The model asks :meth:`AvatarControls.driving_code` and :meth:`AvatarControls.pose` only for cameras
 that carry no conditioning of their own (the viewer's, spiral renders), so dataset renders,
@@ -120,6 +125,18 @@ def expression_pca(codes: Float[Tensor, "N D"], num_components: int = NUM_COMPON
     )
 
 
+class ViewerReadout(ViewerText):
+    """A read-only text the server writes. Installed without an update callback: nerfstudio's viewer re-renders
+    whenever an element's value changes, so a readout that each render writes would re-render forever."""
+
+    def __init__(self, name: str, default_value: str, hint: str | None = None) -> None:
+        super().__init__(name, default_value, disabled=True, hint=hint)
+
+    def install(self, viser_server: Any) -> None:
+        """Create the GUI handle only (no ``on_update``: the viewer's re-render hook never fires)."""
+        self._create_gui_handle(viser_server)
+
+
 class AvatarControls(nn.Module):
     """The viewer panel that drives a SAHS model (see the module docstring)."""
 
@@ -159,6 +176,8 @@ class AvatarControls(nn.Module):
         self._driver_rows: Tensor | None = None
         self._driver_eyes: np.ndarray | None = None
         self._frozen_pose: Tensor | None = None
+        self.last_render: tuple[float, int, int] | None = None
+        """The viewer's last frame: (frames/s, width, height); None before the first."""
         self._element_names: list[str] = []
         self._build_elements({})
 
@@ -313,6 +332,16 @@ class AvatarControls(nn.Module):
                 "View from dataset frame", cb_hook=lambda _: self.viewer_control.look_through(self.frame_index())
             ),
         )
+        # Read only: the viewer's render threads write it (record_render), never the user.
+        self._add(
+            "el93_render_fps",
+            ViewerReadout(
+                "Render frames/s",
+                "-",
+                hint="The viewer's last frame: 1 / seconds of the model's rendering (get_outputs_for_camera), "
+                "at the frame's size",
+            ),
+        )
         # Not a ViewerElement: nerfstudio sets it up with the viewer (it moves the viewer's camera).
         object.__setattr__(self, "viewer_control", FrameCameraControl(self))
 
@@ -451,6 +480,14 @@ class AvatarControls(nn.Module):
             return torch.tensor([[float(self._driver_eyes[self.driver_index()])]], device=device)
         return None
 
+    def record_render(self, seconds: float, width: int, height: int) -> float:
+        """Show a viewer frame of ``width`` x ``height`` that took ``seconds`` to render as frames/s on the
+        panel; returns the frames/s."""
+        fps = 1.0 / max(seconds, 1e-9)
+        self.last_render = (fps, width, height)
+        self.el93_render_fps.value = f"{fps:.2f} ({width}x{height})"  # type: ignore[attr-defined]
+        return fps
+
     def pose(self, pose: Float[Tensor, "1 6"]) -> Float[Tensor, "1 6"]:
         """The camera's pose code while following; the last followed one while frozen."""
         if self.follows_camera() or self._frozen_pose is None:
@@ -488,6 +525,7 @@ class FrameCameraControl(ViewerControl):
     def _setup(self, viewer: "Viewer") -> None:
         super()._setup(viewer)
         self.viser_server.on_client_connect(self._on_connect)
+        time_viewer_renders(viewer.get_model(), self.controls)
 
     def _on_connect(self, client: Any) -> None:
         # The client's camera is unknown until it reports it; wait for that off the server's thread.
@@ -519,6 +557,48 @@ class FrameCameraControl(ViewerControl):
                 client.camera.position = position
                 client.camera.look_at = position + forward * VISER_SCALE * 0.5
                 client.camera.fov = fov
+
+
+class TimedViewerRender:
+    """A model's ``get_outputs_for_camera`` that, called from one of the viewer's render threads, reports its
+    time to the panel (:meth:`AvatarControls.record_render`); any other caller gets the plain call."""
+
+    def __init__(self, render: Any, controls: AvatarControls) -> None:
+        self.render = render
+        self.controls = controls
+
+    def __call__(self, camera: Any, obb_box: Any = None) -> dict[str, Tensor]:
+        """Render ``camera`` as the model does, timing it when the viewer asked."""
+        if not _in_viewer_render_thread():
+            return self.render(camera, obb_box=obb_box)
+        start = time.perf_counter()
+        outputs = self.render(camera, obb_box=obb_box)
+        device = camera.camera_to_worlds.device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the GPU's queued work belongs to this frame's time
+        seconds = time.perf_counter() - start
+        self.controls.record_render(seconds, int(camera.width.flatten()[0]), int(camera.height.flatten()[0]))
+        return outputs
+
+
+def _in_viewer_render_thread() -> bool:
+    """Whether the caller is one of the viewer's render threads (one per browser client)."""
+    from nerfstudio.viewer.render_state_machine import RenderStateMachine
+
+    return isinstance(threading.current_thread(), RenderStateMachine)
+
+
+def time_viewer_renders(model: Any, controls: AvatarControls) -> TimedViewerRender:
+    """Wrap ``model.get_outputs_for_camera`` (on the instance; the class is untouched) so that the viewer's
+    renders show their frames/s on ``controls``; calling it again only points the wrapper at ``controls``."""
+    current = model.__dict__.get("get_outputs_for_camera")
+    if isinstance(current, TimedViewerRender):
+        current.controls = controls
+        return current
+    timed = TimedViewerRender(model.get_outputs_for_camera, controls)
+    # nerfstudio's render thread calls model.get_outputs_for_camera: an instance attribute is found first.
+    model.get_outputs_for_camera = timed
+    return timed
 
 
 def attach_avatar_controls(model: "SAHSModel", basis_file: Path | None = None) -> AvatarControls:

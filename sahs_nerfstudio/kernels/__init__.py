@@ -1,0 +1,1 @@
+"""Compiled CPU kernels, each beside the plain torch function it must equal (its reference)."""
