@@ -39,9 +39,10 @@ class SAHSTrainerConfig(TrainerConfig):
     max_train_seconds: Optional[float] = None
     """Stop training once this many wall-clock seconds went into training steps (None: only max-num-iterations)."""
     fit_schedule_after: Optional[int] = None
-    """With ``max_train_seconds``: after this many steps, measure the seconds a step takes and stretch every
-    step-counted schedule (learning-rate decay, proposal warm-up and annealing, AudioAttNet start) to the steps
-    the rest of the budget allows (None: the schedules keep their lengths)."""
+    """With ``max_train_seconds``: after this many steps (at least 2), measure the seconds a step takes (leaving
+    out the first step's one-off costs) and stretch every step-counted schedule (learning-rate decay, proposal
+    warm-up and annealing, AudioAttNet start) to the steps the rest of the budget allows (None: the schedules
+    keep their lengths)."""
 
     def set_timestamp(self) -> None:
         # ns-train calls this just before launching, when its launcher module is fully imported (this

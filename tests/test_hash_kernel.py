@@ -131,6 +131,7 @@ def test_a_missing_compiler_falls_back_to_torch_with_one_message(tmp_path):
         from sahs_nerfstudio.kernels.hash_grid import CompiledHashEncoding, kernel_failure
         ref = TorchHashEncoding(num_levels=3, min_res=4, max_res=32, log2_hashmap_size=8, implementation="torch")
         fast = CompiledHashEncoding(num_levels=3, min_res=4, max_res=32, log2_hashmap_size=8, implementation="torch")
+        assert kernel_failure() is not None  # tried when the encoding was made, not inside its first forward
         fast.load_state_dict(ref.state_dict())
         x = torch.rand(64, 3)
         for _ in range(3):

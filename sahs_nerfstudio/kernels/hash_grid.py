@@ -6,7 +6,7 @@ backward that writes each level's table rows from one thread instead of ``index_
 reference: ``tests/test_hash_kernel.py`` compares both, values and gradients, and a field's ``grid_kernel="torch"``
 selects it.
 
-The extension is built with the machine's C++ compiler on first use (about a minute) through
+The extension is built with the machine's C++ compiler when the first encoding is made (about a minute) through
 ``torch.utils.cpp_extension.load`` and cached under ``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``).
 When it cannot be built (no compiler, no headers), the torch path is used and one message says why.
 """
@@ -34,7 +34,7 @@ _failure: str | None = None
 
 
 def load_kernel() -> ModuleType | None:
-    """The built extension, building it on first use; None (after one printed line) when it cannot be built."""
+    """The built extension, building it on the first call; None (after one printed line) when it cannot be built."""
     global _kernel, _failure
     if _kernel is not None or _failure is not None:
         return _kernel
@@ -95,7 +95,13 @@ def hash_grid(
 
 class CompiledHashEncoding(TorchHashEncoding):
     """:class:`TorchHashEncoding` running the compiled kernel for CPU tensors (the torch path otherwise, and when the
-    kernel cannot be built)."""
+    kernel cannot be built). The kernel is built (or its failure printed) when the first one is made, so a build
+    does not land inside the first training step, where it would pass for the step's cost."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.tcnn_encoding is None:
+            load_kernel()
 
     def pytorch_fwd(self, in_tensor: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs out_dim"]:
         table = self.hash_table
