@@ -41,8 +41,9 @@ class SAHSTrainerConfig(TrainerConfig):
     fit_schedule_after: Optional[int] = None
     """With ``max_train_seconds``: after this many steps (at least 2), measure the seconds a step takes (leaving
     out the first step's one-off costs) and stretch every step-counted schedule (learning-rate decay, proposal
-    warm-up and annealing, AudioAttNet start) to the steps the rest of the budget allows (None: the schedules
-    keep their lengths)."""
+    warm-up and annealing, AudioAttNet start) to the steps the rest of the budget allows; from then on the
+    learning-rate decays follow the budget's elapsed fraction, step by step (None: the schedules keep their
+    lengths)."""
 
     def set_timestamp(self) -> None:
         # ns-train calls this just before launching, when its launcher module is fully imported (this

@@ -15,8 +15,9 @@ Differences from nerfstudio 1.1.5's Trainer, all about checkpoints (training is 
   last step would once that much wall-clock time has gone into training steps (nerfstudio has only a step
   count): the demo's "10 minutes on 2 cores" whatever the machine's speed;
 - ``fit_schedule_after`` (same config) measures the first steps and fits the schedules to the steps the
-  budget allows (:func:`fit_schedule`), so a slow machine does not stop half-way down its learning-rate
-  decay and a fast one does not idle at the final rate.
+  budget allows (:func:`fit_schedule`), then keeps the learning-rate decays on the budget's clock
+  (:func:`follow_budget`), so a slow machine does not stop half-way down its decay and a fast one does not
+  idle at the final rate.
 """
 
 from __future__ import annotations
@@ -55,6 +56,20 @@ def fit_schedule(trainer: Trainer, steps: int) -> None:
     fit = getattr(model, "fit_schedule", None)
     if fit is not None:
         fit(int(steps))
+
+
+def follow_budget(trainer: Trainer, steps_done: int, fraction: float) -> None:
+    """Learning-rate decays that end with the time budget: every scheduler's ``max_steps`` becomes the step count
+    of which ``steps_done`` is the budget's elapsed ``fraction``, so the rate decays with the clock. A step count
+    fitted once overshoots or undershoots when steps get cheaper (the proposal networks' warm-up updates them every
+    step, then one step in five: the demo's steps go from 0.25 to 0.13 s)."""
+    if fraction <= 0:
+        return
+    total = max(int(round(steps_done / min(fraction, 1.0))), steps_done + 1)
+    for group in trainer.config.optimizers.values():
+        scheduler = group.get("scheduler")
+        if scheduler is not None and hasattr(scheduler, "max_steps"):
+            scheduler.max_steps = max(total, getattr(scheduler, "warmup_steps", 0) + 1)
 
 
 def budget_steps(budget_s: float, elapsed_s: float, steps_done: int, per_step_s: float) -> int:
@@ -157,6 +172,8 @@ class SAHSTrainer(Trainer):
             self._first_step_end = time.perf_counter()
         budget = getattr(self.config, "max_train_seconds", None)
         fit_after = getattr(self.config, "fit_schedule_after", None)
+        if budget is not None and fit_after is not None and step - self._start_step + 1 > max(fit_after, 2):
+            follow_budget(self, step + 1, (time.perf_counter() - self._train_start) / budget)
         if budget is not None and fit_after is not None and step - self._start_step + 1 == max(fit_after, 2):
             # The rate leaves the first step out: it carries one-off costs (a kernel build, lazy caches) that once
             # made a 0.15 s step look like 2.4 s and fitted a 3,500-step budget's schedules to 248 steps.
@@ -167,7 +184,7 @@ class SAHSTrainer(Trainer):
             fit_schedule(self, steps)
             CONSOLE.print(
                 f"measured {per_step:.3f} s a step over steps 2-{timed + 1}: schedules fitted to {steps} "
-                f"steps in the {budget:g} s budget",
+                f"steps in the {budget:g} s budget (learning rates then decay with the budget's clock)",
                 markup=False,
             )
         if budget is not None and time.perf_counter() - self._train_start >= budget:
