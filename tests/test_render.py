@@ -426,9 +426,11 @@ def _one_error_line(proc: subprocess.CompletedProcess) -> str:
         ("--max-frames", "0", "at least 1 frame"),
     ],
 )
-def test_cli_flag_out_of_range(tiny_run_expression, tmp_path, flag, value, expected):
+def test_cli_flag_out_of_range(tiny_run_expression, tmp_path, flag, value, expected, capsys):
+    # In-process (the same entry point as the console script); the subprocess tests below cover the process.
     out = tmp_path / "renders" / "x.mp4"
-    err = _one_error_line(_sahs_render(["--load-config", str(tiny_run_expression), "--output", str(out), flag, value]))
+    err = _cli_error(["--load-config", str(tiny_run_expression), "--output", str(out), flag, value], capsys)
+    assert err.startswith("sahs-render: error: ")
     assert f"field '{flag}'" in err and expected in err
     assert err.endswith(f"found {float(value) if flag != '--max-frames' else int(value)}")
     assert "transforms" not in err  # the flag is to blame, not the dataset
