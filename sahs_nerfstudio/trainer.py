@@ -48,10 +48,7 @@ from sahs_nerfstudio.errors import EXIT_INTERRUPTED
 def fit_schedule(trainer: Trainer, steps: int) -> None:
     """Stretch every step-counted schedule of a run to ``steps``: the optimisers' decay (nerfstudio's schedulers
     read ``max_steps`` from their config at every step) and the model's own (``fit_schedule``)."""
-    for group in trainer.config.optimizers.values():
-        scheduler = group.get("scheduler")
-        if scheduler is not None and hasattr(scheduler, "max_steps"):
-            scheduler.max_steps = max(int(steps), getattr(scheduler, "warmup_steps", 0) + 1)
+    _set_decay_steps(trainer, int(steps))
     model = trainer.pipeline.model
     fit = getattr(model, "fit_schedule", None)
     if fit is not None:
@@ -65,11 +62,15 @@ def follow_budget(trainer: Trainer, steps_done: int, fraction: float) -> None:
     step, then one step in five: the demo's steps go from 0.25 to 0.13 s)."""
     if fraction <= 0:
         return
-    total = max(int(round(steps_done / min(fraction, 1.0))), steps_done + 1)
+    _set_decay_steps(trainer, max(int(round(steps_done / min(fraction, 1.0))), steps_done + 1))
+
+
+def _set_decay_steps(trainer: Trainer, steps: int) -> None:
+    """Every optimiser scheduler's ``max_steps`` (never inside its warm-up)."""
     for group in trainer.config.optimizers.values():
         scheduler = group.get("scheduler")
         if scheduler is not None and hasattr(scheduler, "max_steps"):
-            scheduler.max_steps = max(total, getattr(scheduler, "warmup_steps", 0) + 1)
+            scheduler.max_steps = max(steps, getattr(scheduler, "warmup_steps", 0) + 1)
 
 
 def budget_steps(budget_s: float, elapsed_s: float, steps_done: int, per_step_s: float) -> int:
@@ -172,21 +173,8 @@ class SAHSTrainer(Trainer):
             self._first_step_end = time.perf_counter()
         budget = getattr(self.config, "max_train_seconds", None)
         fit_after = getattr(self.config, "fit_schedule_after", None)
-        if budget is not None and fit_after is not None and step - self._start_step + 1 > max(fit_after, 2):
-            follow_budget(self, step + 1, (time.perf_counter() - self._train_start) / budget)
-        if budget is not None and fit_after is not None and step - self._start_step + 1 == max(fit_after, 2):
-            # The rate leaves the first step out: it carries one-off costs (a kernel build, lazy caches) that once
-            # made a 0.15 s step look like 2.4 s and fitted a 3,500-step budget's schedules to 248 steps.
-            now = time.perf_counter()
-            timed = max(fit_after, 2) - 1
-            per_step = (now - self._first_step_end) / timed
-            steps = budget_steps(budget, now - self._train_start, timed + 1, per_step)
-            fit_schedule(self, steps)
-            CONSOLE.print(
-                f"measured {per_step:.3f} s a step over steps 2-{timed + 1}: schedules fitted to {steps} "
-                f"steps in the {budget:g} s budget (learning rates then decay with the budget's clock)",
-                markup=False,
-            )
+        if budget is not None and fit_after is not None:
+            self._fit_to_budget(step, budget, max(fit_after, 2))
         if budget is not None and time.perf_counter() - self._train_start >= budget:
             # nerfstudio's loop checks stop_training before the next step and then saves, as after the last one.
             self.stop_training = True
@@ -194,6 +182,26 @@ class SAHSTrainer(Trainer):
         if self._interrupt_requested:
             raise _Interrupted
         return out
+
+    def _fit_to_budget(self, step: int, budget: float, fit_at: int) -> None:
+        """At the ``fit_at``-th step of this process, fit the schedules to the steps the budget allows; after it,
+        keep the learning-rate decays on the budget's clock."""
+        assert self._train_start is not None and self._first_step_end is not None
+        done = step - self._start_step + 1
+        now = time.perf_counter()
+        if done > fit_at:
+            follow_budget(self, step + 1, (now - self._train_start) / budget)
+        elif done == fit_at:
+            # The rate leaves the first step out: it carries one-off costs (a kernel build, lazy caches) that once
+            # made a 0.15 s step look like 2.4 s and fitted a 3,500-step budget's schedules to 248 steps.
+            per_step = (now - self._first_step_end) / (fit_at - 1)
+            steps = budget_steps(budget, now - self._train_start, fit_at, per_step)
+            fit_schedule(self, steps)
+            CONSOLE.print(
+                f"measured {per_step:.3f} s a step over steps 2-{fit_at}: schedules fitted to {steps} "
+                f"steps in the {budget:g} s budget (learning rates then decay with the budget's clock)",
+                markup=False,
+            )
 
     def _after_train(self) -> None:
         # Training is over: Ctrl-C in nerfstudio's "viewer stays open" loop must quit, not save.
