@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from learned import LearnedBounds, test_seed, test_threads  # noqa: E402  (tests/learned.py)
 
 # Test-sized networks gain nothing from a second thread, and OpenMP threads that spin while another
-# process holds a core slow a step down 30x on a 2-core machine: one thread per test process.
-torch.set_num_threads(1)
-os.environ["OMP_NUM_THREADS"] = "1"
+# process holds a core slow a step down 30x on a 2-core machine: one thread per test process, unless
+# SAHS_TEST_THREADS asks for more (the learned-bounds audit measures both 1 and 2).
+torch.set_num_threads(test_threads())
+os.environ["OMP_NUM_THREADS"] = str(test_threads())
 
 # nerfstudio 1.1.5's utils.writer imports configs.base_config, which imports utils.writer back: importing the
 # configs first (as nerfstudio's own entry points do) is the order that resolves.
@@ -31,6 +33,20 @@ def _fresh_nerfstudio_writers():
     yield
     writer.EVENT_WRITERS[:] = saved[0]
     writer.EVENT_STORAGE[:] = saved[1]
+
+
+@pytest.fixture(scope="session")
+def learning_seed() -> int:
+    """The seed of every training in the suite (nerfstudio's ``machine.seed``, the refiner's ``seed``):
+    ``SAHS_TEST_SEED``, 0 when unset. The subjects' data do not depend on it."""
+    return test_seed()
+
+
+@pytest.fixture
+def learned(request) -> LearnedBounds:
+    """Asserts a learned quantity against its bound and, when ``SAHS_TEST_RECORD`` names a file, appends the
+    measured value to it first (``benchmarks/learned_bounds.py`` collects them over seeds and thread counts)."""
+    return LearnedBounds(request.node.nodeid)
 
 
 @pytest.fixture(scope="session")
@@ -68,6 +84,7 @@ def _train_tiny_run(root: Path, layout: str, steps: int = 40) -> Path:
     from sahs_nerfstudio.presets import tiny_trainer_config
 
     config = tiny_trainer_config(root / layout, steps=steps, rays=128, output_dir=root / "outputs")
+    config.machine.seed = test_seed()
     config.experiment_name = f"tiny-{layout}"
     config.set_timestamp()
     config.save_config()
@@ -114,3 +131,35 @@ def tiny_sahs_fast_cli():
         return tyro.cli(AnnotatedBaseConfigUnion, args=args)
 
     return build
+
+
+# ------------------------------------------------------------------------------------------------
+# One small sahs-fast training shared by the learning tests of the demo preset (test_demo: split video and mouth
+# PSNR; test_fast: the ns-eval load path and mIoU), beside the same model untrained.
+
+SMALL_FAST_STEPS = 300
+SMALL_FAST_RAYS = 512
+
+
+@pytest.fixture(scope="session")
+def small_fast_runs(subject_train, tmp_path_factory, learning_seed) -> dict[str, Path]:
+    """config.yml of the demo's ``sahs-fast`` preset on ``subject_train`` (NeRFace layout): ``trained`` for
+    300 steps of 512 rays (a step count, not the time budget: bounds must not depend on the machine's load) and
+    ``untrained`` (one step at a learning rate of 1e-12, which changes nothing), both seeded by the suite's seed."""
+    from nerfstudio.scripts.train import main as train_main
+
+    from sahs_nerfstudio.presets import fast_demo_trainer_config
+    from sahs_nerfstudio.sahs_config import fast_optimizers
+
+    root = tmp_path_factory.mktemp("small_fast")
+    data = subject_train / "nerface"
+    untrained = fast_demo_trainer_config(data, steps=1, rays=SMALL_FAST_RAYS, output_dir=root / "untrained")
+    untrained.optimizers = fast_optimizers(lr=1e-12, steps=1, audio_lr=1e-12)
+    trained = fast_demo_trainer_config(data, steps=SMALL_FAST_STEPS, rays=SMALL_FAST_RAYS, output_dir=root / "trained")
+    runs = {}
+    for name, config in (("untrained", untrained), ("trained", trained)):
+        config.machine.seed = learning_seed
+        config.set_timestamp()
+        train_main(config)
+        runs[name] = config.get_base_dir() / "config.yml"
+    return runs

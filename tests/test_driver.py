@@ -21,6 +21,8 @@ SPEECH = Path(__file__).parent / "data" / "speech.wav"
 SIZE = 256
 WIDE_MOUTH = 14.0
 """The trained-avatar tests' largest mouth opening, pixels of the photo (the moving photo's default is 8)."""
+MOUTH_FOLLOWS = 0.6
+"""Bound on the correlation of the driven avatar's mouth with the driver's (measured values: tests/README.md)."""
 
 
 def _speech(seconds: float) -> np.ndarray:
@@ -192,7 +194,7 @@ def test_a_drivers_blink_shuts_the_mapped_eyes_and_the_audio_models_eye_channel(
 
 
 @pytest.fixture(scope="module")
-def photo_avatar(tmp_path_factory) -> Path:
+def photo_avatar(tmp_path_factory, learning_seed) -> Path:
     """config.yml of sahs-fast trained 500 steps of 256 rays on a photo-derived subject processed by sahs-process (64 px), whose
     mouth opens by up to 14 px of the photo (wide enough to learn in a short run)."""
     from nerfstudio.scripts.train import main as train_main
@@ -207,6 +209,7 @@ def photo_avatar(tmp_path_factory) -> Path:
     assert (root / "data" / "nerface" / EXPRESSION_BASIS).is_file()
     config = fast_cpu_trainer_config(root / "data" / "nerface", steps=500, rays=256, output_dir=root / "runs")
     config.vis = "tensorboard"
+    config.machine.seed = learning_seed
     config.experiment_name = "mouth"
     config.set_timestamp()
     train_main(config)
@@ -234,10 +237,12 @@ def test_sahs_render_drives_a_trained_avatar_with_a_video(tmp_path, photo_avatar
         assert container.streams.audio, "the driver's sound is muxed in"
 
 
-def test_a_trained_avatars_mouth_follows_a_drivers_mouth(tmp_path, photo_avatar):
+@pytest.mark.learning
+def test_a_trained_avatars_mouth_follows_a_drivers_mouth(tmp_path, photo_avatar, learned):
     """Driven by another clip whose mouth opens by a known warp, the rendered mouth darkens as the driver's opens.
-    Measured: correlation 0.87 (0.68 with 512 rays a step; with the 8-px mouth of the other tests and 512 rays,
-    0.13 after 300 steps and 0.57 after 1,000: the avatar has to learn the mouth first)."""
+    (With the 8-px mouth of the other tests and 512 rays it measured 0.13 after 300 steps and 0.57 after 1,000: the
+    avatar has to learn the mouth first.) Over 20 frames, chance alone passes a correlation of 0.3 about one time in
+    ten and 0.6 about one in 2,000; the bound sits below the worst of 3 seeds x 1 and 2 threads (tests/README.md)."""
     import av
 
     from sahs_nerfstudio.scripts.render import run as render
@@ -251,5 +256,8 @@ def test_a_trained_avatars_mouth_follows_a_drivers_mouth(tmp_path, photo_avatar)
     lms = np.load(photo_avatar.parents[4] / "data" / "work" / "landmarks.npz")["points"][0]  # the subject's mouth
     (x0, y0), (x1, y1) = lms[48:68].min(0).astype(int) - 2, lms[48:68].max(0).astype(int) + 3
     darkness = -frames[:, y0:y1, x0:x1].astype(np.float64).mean(axis=(1, 2, 3))
-    corr = np.corrcoef(darkness, driver.mouth)[0, 1]
-    assert corr > 0.3, corr
+    learned.above(
+        "mouth darkness ~ driver mouth (correlation, 20 frames)",
+        np.corrcoef(darkness, driver.mouth)[0, 1],
+        MOUTH_FOLLOWS,
+    )

@@ -258,29 +258,28 @@ def test_ns_train_cli_builds_sahs_fast_for_both_layouts(subject_nonsquare, layou
     assert list((config.get_base_dir() / "nerfstudio_models").glob("*.ckpt"))
 
 
-# Measured with the CPU preset on the 40x40 subject (nerfstudio seeds the run: deterministic up to float
-# rounding): held-out PSNR 19.37 dB, mIoU 0.386 after 300 steps of 512 rays (~45 s on one core); the untrained
-# model scores ~16.3 dB (mostly background). Bounds keep ~1 dB / 0.13 of margin.
-STEPS = 300
-PSNR_BOUND = 18.3
-MIOU_BOUND = 0.25
+# The demo preset on the 40x40 subject, 300 steps of 512 rays (conftest's small_fast_runs, shared with test_demo),
+# against the same model untrained (it renders the background image); bounds below the worst of 3 seeds x 1 and 2
+# threads (tests/README.md).
+PSNR_GAIN = 1.5
+MIOU_GAIN = 0.15
 
 
-def test_small_cpu_training_beats_psnr_bound(subject_train, tmp_path):
-    """A small sahs-fast trained on the CPU reaches a held-out (novel expression) PSNR bound, through
-    the same load path as ``ns-eval`` (config + latest checkpoint)."""
-    from nerfstudio.scripts.train import main as train_main
+def _held_out_metrics(config_path) -> dict:
     from nerfstudio.utils.eval_utils import eval_setup
 
-    from sahs_nerfstudio.presets import fast_cpu_trainer_config
-
-    torch.manual_seed(0)
-    config = fast_cpu_trainer_config(subject_train / "nerface", steps=STEPS, rays=512, output_dir=tmp_path)
-    config.set_timestamp()
-    train_main(config)
-    _, pipeline, _, _ = eval_setup(config.get_base_dir() / "config.yml", test_mode="test")
+    _, pipeline, _, _ = eval_setup(config_path, test_mode="test")
     metrics = pipeline.get_average_eval_image_metrics()
-    assert metrics is not None
-    assert math.isfinite(metrics["psnr"])
-    assert metrics["psnr"] > PSNR_BOUND, metrics
-    assert metrics["miou"] > MIOU_BOUND, metrics
+    assert metrics is not None and math.isfinite(metrics["psnr"])
+    return metrics
+
+
+@pytest.mark.learning
+def test_small_cpu_training_beats_the_untrained_model(small_fast_runs, learned):
+    """A small sahs-fast trained on the CPU gains held-out (novel expression) PSNR and mIoU over the same model
+    untrained, both read through the same load path as ``ns-eval`` (config + latest checkpoint)."""
+    before = _held_out_metrics(small_fast_runs["untrained"])
+    after = _held_out_metrics(small_fast_runs["trained"])
+    both = (after, before)
+    learned.above("held-out PSNR gain (dB)", after["psnr"] - before["psnr"], PSNR_GAIN, both)
+    learned.above("held-out mIoU gain", after["miou"] - before["miou"], MIOU_GAIN, both)

@@ -88,6 +88,19 @@ def test_kernel_gradients_pass_gradcheck_in_double(kernel):
     assert torch.autograd.gradcheck(lambda p, t: hash_grid(p, t, scalings, size), (x, table), eps=1e-7, atol=1e-6)
 
 
+def test_kernel_build_runs_parallel_for_on_torchs_threads(kernel):
+    """Built with OpenMP, ``at::parallel_for`` inside the extension uses every thread torch is given; a build without
+    ``-fopenmp`` ignores the pragma and runs one (so the thread-count test below would compare one thread with one)."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert kernel.threads_in_parallel_for(64) == 2
+        torch.set_num_threads(1)
+        assert kernel.threads_in_parallel_for(64) == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_kernel_is_deterministic_and_independent_of_the_thread_count(kernel):
     ref, fast = _pair(GRIDS[0])
     x = torch.rand(5000, 3)

@@ -18,10 +18,16 @@ from sahs_nerfstudio.utils.metrics import mouth_mask
 from sahs_nerfstudio.utils.run_loader import load_run
 
 STEPS = 400
+# Bounds on learned quantities: each sits below the worst of 3 seeds x 1 and 2 threads (tests/README.md).
+PSNR_GAIN = 1.5
+MIOU_GAIN = 0.15
+MOUTH_CHANGE = 0.03
+BACKGROUND_SHARE = 0.25
 
 
-def _train(data: Path, out: Path, steps: int, name: str, **kw):
+def _train(data: Path, out: Path, steps: int, name: str, seed: int = 0, **kw):
     config = tiny_trainer_config(data, steps=steps, output_dir=out, **kw)
+    config.machine.seed = seed
     config.experiment_name = name
     config.set_timestamp()
     config.logging.local_writer.enable = False
@@ -44,28 +50,31 @@ def _held_out_metrics(pipeline) -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained_expression_run(subject_train, tmp_path_factory):
+def trained_expression_run(subject_train, tmp_path_factory, learning_seed):
     out = tmp_path_factory.mktemp("runs")
-    torch.manual_seed(0)
-    config_path = _train(subject_train / "nerface", out, STEPS, "expr")
+    config_path = _train(subject_train / "nerface", out, STEPS, "expr", seed=learning_seed)
     return config_path
 
 
-def test_training_raises_held_out_psnr_and_learns_semantics(trained_expression_run, subject_train, tmp_path):
+@pytest.mark.learning
+def test_training_raises_held_out_psnr_and_learns_semantics(
+    trained_expression_run, subject_train, tmp_path, learning_seed, learned
+):
     _, pipeline, _, _ = load_run(trained_expression_run, test_mode="test")
     trained = _held_out_metrics(pipeline)
-    untrained_config = _train(subject_train / "nerface", tmp_path, 1, "untrained")
+    untrained_config = _train(subject_train / "nerface", tmp_path, 1, "untrained", seed=learning_seed)
     _, untrained_pipeline, _, _ = load_run(untrained_config, test_mode="test")
     untrained = _held_out_metrics(untrained_pipeline)
-    # Held-out frames carry novel expression combinations. The untrained model renders the background
-    # image (16.5 dB here); 400 tiny steps measured 18.6 dB and mIoU 0.36 (an MLP NeRF is slow to fit:
-    # this is about one epoch of the 40x40 subject). The bounds leave margin for seeds and platforms.
-    assert trained["psnr"] > untrained["psnr"] + 1.5, (trained, untrained)
-    assert trained["miou"] > 0.25, trained
-    assert trained["miou"] > untrained["miou"] + 0.15, (trained, untrained)
+    # Held-out frames carry novel expression combinations; the untrained model of the same seed is the baseline
+    # (it renders the background image). Gains, not absolute figures: the absolute mIoU after 400 steps moved
+    # from 0.36 on one machine to 0.24 on another (issue 26). Measured values and margins: tests/README.md.
+    both = (trained, untrained)
+    learned.above("held-out PSNR gain (dB)", trained["psnr"] - untrained["psnr"], PSNR_GAIN, both)
+    learned.above("held-out mIoU gain", trained["miou"] - untrained["miou"], MIOU_GAIN, both)
 
 
-def test_driving_code_moves_the_mouth_not_the_background(trained_expression_run):
+@pytest.mark.learning
+def test_driving_code_moves_the_mouth_not_the_background(trained_expression_run, learned):
     _, pipeline, _, _ = load_run(trained_expression_run, test_mode="test")
     model = pipeline.model
     model.eval()
@@ -86,8 +95,8 @@ def test_driving_code_moves_the_mouth_not_the_background(trained_expression_run)
     mouth = torch.nn.functional.max_pool2d(mouth[None, None].float(), 5, 1, 2)[0, 0].bool()
     background = labels == 0
     assert mouth.any() and background.any()
-    assert diff[mouth].mean() > 0.03, diff[mouth].mean()
-    assert diff[background].mean() < 0.25 * diff[mouth].mean()
+    learned.above("mouth change (mean |rgb| diff)", float(diff[mouth].mean()), MOUTH_CHANGE)
+    learned.below("background / mouth change", float(diff[background].mean() / diff[mouth].mean()), BACKGROUND_SHARE)
 
 
 def test_audio_driver_trains_and_checkpoint_resumes(subject_train, tmp_path):

@@ -6,14 +6,18 @@
 // their features are blended trilinearly with weights from frac = scaled - floor(scaled). The torch version
 // materialises eight [N, L, F] gathers and their index_add_ backwards; this one visits each point once.
 //
-// Parallelism uses ATen's intra-op pool (at::parallel_for), so torch.set_num_threads governs it. The table gradient
+// Parallelism uses ATen's intra-op pool (at::parallel_for), which is OpenMP in torch's builds: the extension must be
+// compiled and linked with -fopenmp (hash_grid.py does), else the pragma inside at::parallel_for is ignored and every
+// call runs on one thread. torch.set_num_threads then governs it (threads_in_parallel_for says how many ran). The table gradient
 // is split by level (levels own disjoint rows of the table), so threads never write the same row: no atomics, and
 // the result does not depend on the thread count.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
 namespace {
 
@@ -160,7 +164,23 @@ std::vector<torch::Tensor> hash_grid_backward(torch::Tensor grad_out, torch::Ten
   return {grad_table, need_positions ? grad_pos_levels.sum(0) : torch::Tensor()};
 }
 
+// How many distinct threads at::parallel_for ran over n items in grains of 1: the build's parallelism, measured.
+int64_t threads_in_parallel_for(int64_t n) {
+  std::vector<uint8_t> seen(static_cast<size_t>(std::max(at::get_num_threads(), 1)), 0);
+  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    const int t = at::get_thread_num();
+    if (t >= 0 && t < static_cast<int>(seen.size())) seen[static_cast<size_t>(t)] = 1;
+    volatile double sink = 0.0;  // enough work per item that one thread cannot take every chunk first
+    for (int64_t i = begin; i < end; ++i)
+      for (int k = 0; k < 20000; ++k) sink = sink + static_cast<double>(k) * 1e-9;
+  });
+  int64_t count = 0;
+  for (uint8_t s : seen) count += s;
+  return count;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &hash_grid_forward, "hash-grid encoding forward (CPU)");
   m.def("backward", &hash_grid_backward, "hash-grid encoding backward to the table and the positions (CPU)");
+  m.def("threads_in_parallel_for", &threads_in_parallel_for, "distinct threads that ran a parallel_for over n items");
 }

@@ -26,8 +26,13 @@ from sahs_nerfstudio.compat.encodings import TorchHashEncoding
 
 SOURCE = Path(__file__).with_name("hash_grid.cpp")
 """The kernel's C++ source (shipped as package data)."""
-EXTENSION_NAME = "sahs_hash_grid_v3"
-"""Name of the built extension; bump it when the source's interface changes."""
+EXTENSION_NAME = "sahs_hash_grid_v4"
+"""Name of the built extension; bump it when the source's interface or its build flags change (a cached build of
+the same name is reused as it is)."""
+BUILD_FLAGS = ["-O3", "-fopenmp"]
+"""Compile flags; ``-fopenmp`` makes ``at::parallel_for`` run on torch's threads (without it the build is serial)."""
+LINK_FLAGS = ["-fopenmp"]
+"""Link flags: the OpenMP runtime torch itself uses."""
 
 _kernel: ModuleType | None = None
 _failure: str | None = None
@@ -44,7 +49,8 @@ def load_kernel() -> ModuleType | None:
         built = load(
             name=EXTENSION_NAME,
             sources=[str(SOURCE)],
-            extra_cflags=["-O3"],
+            extra_cflags=BUILD_FLAGS,
+            extra_ldflags=LINK_FLAGS,
             verbose=bool(os.environ.get("SAHS_DEBUG")),
         )
         assert isinstance(built, ModuleType)
