@@ -14,7 +14,7 @@ from bench_heldout import HeldOut, sync
 from bench_rows import ROW_BUILDERS, STOCK_ROWS
 
 from sahs_nerfstudio.compat.stock_lpips import disable_stock_lpips
-from sahs_nerfstudio.trainer import fit_schedule
+from sahs_nerfstudio.schedule import fit_schedule
 
 
 def run_row(cfg: BenchmarkConfig, row: str, seed: int, started: float) -> dict[str, Any]:

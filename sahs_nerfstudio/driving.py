@@ -316,13 +316,30 @@ def expected_driver(model: "SAHSModel") -> tuple[DriverKind, tuple[int, ...]]:
     return "expression", (int(model.train_drivers.shape[1]),)
 
 
-def check_driver(seq: DrivingSequence, model: "SAHSModel") -> None:
-    """Raise a FormatError when ``seq`` cannot drive ``model`` (wrong kind or code width)."""
-    kind, shape = expected_driver(model)
+@dataclass(frozen=True)
+class DriverSpec:
+    """What a model accepts as a driver: its kind, the row shape, and for audio models the features it trained on
+    (a picklable summary of the model, for the viewer's panel)."""
+
+    kind: DriverKind
+    shape: tuple[int, ...]
+    trained_features: str | None = None
+
+    @staticmethod
+    def of(model: "SAHSModel") -> "DriverSpec":
+        kind, shape = expected_driver(model)
+        return DriverSpec(kind, shape, model.audio_provenance() if model.driver_kind == "audio" else None)
+
+
+def check_driver(seq: DrivingSequence, model: "SAHSModel | DriverSpec") -> None:
+    """Raise a FormatError when ``seq`` cannot drive ``model`` (wrong kind or code width, or a recording for a
+    model trained on another extractor's features)."""
+    spec = model if isinstance(model, DriverSpec) else DriverSpec.of(model)
+    kind, shape = spec.kind, spec.shape
     row_shape = tuple(int(v) for v in seq.rows.shape[1:])
     if len(seq) == 0:
         raise FormatError(seq.source, seq.field_name, "at least one frame", "none")
-    check_recording_allowed(model, seq)
+    _check_recording_allowed(spec.trained_features, seq)
     if seq.kind != kind:
         want = (
             f"expression codes of width {shape[0]} (this model is expression-driven)"
@@ -341,9 +358,8 @@ def check_driver(seq: DrivingSequence, model: "SAHSModel") -> None:
         raise FormatError(seq.source, seq.field_name, want, found)
 
 
-def check_recording_allowed(model: "SAHSModel", seq: DrivingSequence) -> None:
+def _check_recording_allowed(trained: str | None, seq: DrivingSequence) -> None:
     """A recording drives only a model trained on the project's own features: others mean something else."""
-    trained = model.audio_provenance() if model.driver_kind == "audio" else None
     if seq.extractor is None or trained is None or audio_io.is_project_extractor(trained):
         return
     raise FormatError(

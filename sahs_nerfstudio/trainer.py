@@ -15,8 +15,8 @@ Differences from nerfstudio 1.1.5's Trainer, all about checkpoints (training is 
   last step would once that much wall-clock time has gone into training steps (nerfstudio has only a step
   count): the demo's "10 minutes on 2 cores" whatever the machine's speed;
 - ``fit_schedule_after`` (same config) measures the first steps and fits the schedules to the steps the
-  budget allows (:func:`fit_schedule`), then keeps the learning-rate decays on the budget's clock
-  (:func:`follow_budget`), so a slow machine does not stop half-way down its decay and a fast one does not
+  budget allows (:func:`~sahs_nerfstudio.schedule.fit_schedule`), then keeps the learning-rate decays on the budget's clock
+  (:func:`~sahs_nerfstudio.schedule.follow_budget`), so a slow machine does not stop half-way down its decay and a fast one does not
   idle at the final rate.
 """
 
@@ -43,40 +43,15 @@ from sahs_nerfstudio.checkpoint_io import (
     write_checkpoint,
 )
 from sahs_nerfstudio.errors import EXIT_INTERRUPTED
-
-
-def fit_schedule(trainer: Trainer, steps: int) -> None:
-    """Stretch every step-counted schedule of a run to ``steps``: the optimisers' decay (nerfstudio's schedulers
-    read ``max_steps`` from their config at every step) and the model's own (``fit_schedule``)."""
-    _set_decay_steps(trainer, int(steps))
-    model = trainer.pipeline.model
-    fit = getattr(model, "fit_schedule", None)
-    if fit is not None:
-        fit(int(steps))
-
-
-def follow_budget(trainer: Trainer, steps_done: int, fraction: float) -> None:
-    """Learning-rate decays that end with the time budget: every scheduler's ``max_steps`` becomes the step count
-    of which ``steps_done`` is the budget's elapsed ``fraction``, so the rate decays with the clock. A step count
-    fitted once overshoots or undershoots when steps get cheaper (the proposal networks' warm-up updates them every
-    step, then one step in five: the demo's steps go from 0.25 to 0.13 s)."""
-    if fraction <= 0:
-        return
-    _set_decay_steps(trainer, max(int(round(steps_done / min(fraction, 1.0))), steps_done + 1))
-
-
-def _set_decay_steps(trainer: Trainer, steps: int) -> None:
-    """Every optimiser scheduler's ``max_steps`` (never inside its warm-up)."""
-    for group in trainer.config.optimizers.values():
-        scheduler = group.get("scheduler")
-        if scheduler is not None and hasattr(scheduler, "max_steps"):
-            scheduler.max_steps = max(steps, getattr(scheduler, "warmup_steps", 0) + 1)
-
-
-def budget_steps(budget_s: float, elapsed_s: float, steps_done: int, per_step_s: float) -> int:
-    """How many steps a run of ``budget_s`` seconds holds: the ``steps_done`` steps that took ``elapsed_s``, then the
-    rest of the budget at ``per_step_s`` a step."""
-    return steps_done + max(int((budget_s - elapsed_s) / max(per_step_s, 1e-9)), 0)
+from sahs_nerfstudio.schedule import (
+    budget_steps,
+    clock,
+    decay_steps,
+    fit_schedule,
+    follow_budget,
+    rank0_values,
+    set_decay_steps,
+)
 
 
 class _Interrupted(Exception):
@@ -92,6 +67,8 @@ class SAHSTrainer(Trainer):
     _train_start: Optional[float] = None
     _first_step_end: Optional[float] = None
     _out_of_time: bool = False
+    _start_progress: float = 0.0
+    """How far the learning-rate decays had gone at the loaded checkpoint (0 for a fresh run)."""
 
     # ------------------------------------------------------------------------------------------
     # saving
@@ -105,6 +82,8 @@ class SAHSTrainer(Trainer):
             "optimizers": {k: v.state_dict() for (k, v) in self.optimizers.optimizers.items()},
             "schedulers": {k: v.state_dict() for (k, v) in self.optimizers.schedulers.items()},
             "scalers": self.grad_scaler.state_dict(),
+            # not read by nerfstudio: where the learning-rate decays stood, for a run resumed with a time budget
+            "decay_steps": decay_steps(self),
         }
 
     @check_main_thread
@@ -134,11 +113,17 @@ class SAHSTrainer(Trainer):
             path = Path(load_file)  # type: ignore[arg-type]
             state = load_checkpoint(path)
         self._start_step = int(state["step"]) + 1
+        total = state.get("decay_steps") or decay_steps(self)
+        self._start_progress = min(self._start_step / total, 1.0) if total else 0.0
         self.pipeline.load_pipeline(state["pipeline"], state["step"])
         self.optimizers.load_optimizers(state["optimizers"])
         if "schedulers" in state and self.config.load_scheduler:
             self.optimizers.load_schedulers(state["schedulers"])
         self.grad_scaler.load_state_dict(state["scalers"])
+        budgeted = getattr(self.config, "max_train_seconds", None) is not None
+        if budgeted and getattr(self.config, "fit_schedule_after", None) is not None and total:
+            # the first resumed steps decay as the saved run did (this config's length is a first guess)
+            set_decay_steps(self, max(int(total), self._start_step))
         CONSOLE.print(f"Done loading Nerfstudio checkpoint from {path}", markup=False, soft_wrap=True)
 
     # ------------------------------------------------------------------------------------------
@@ -169,39 +154,42 @@ class SAHSTrainer(Trainer):
             self._train_start = time.perf_counter()
         out = super().train_iteration(step)
         self._completed_step = step
-        if self._first_step_end is None:
-            self._first_step_end = time.perf_counter()
         budget = getattr(self.config, "max_train_seconds", None)
-        fit_after = getattr(self.config, "fit_schedule_after", None)
-        if budget is not None and fit_after is not None:
-            self._fit_to_budget(step, budget, max(fit_after, 2))
-        if budget is not None and time.perf_counter() - self._train_start >= budget:
-            # nerfstudio's loop checks stop_training before the next step and then saves, as after the last one.
-            self.stop_training = True
-            self._out_of_time = True
+        if budget is not None:
+            self._follow_time_budget(step, budget)
         if self._interrupt_requested:
             raise _Interrupted
         return out
 
-    def _fit_to_budget(self, step: int, budget: float, fit_at: int) -> None:
-        """At the ``fit_at``-th step of this process, fit the schedules to the steps the budget allows; after it,
-        keep the learning-rate decays on the budget's clock."""
-        assert self._train_start is not None and self._first_step_end is not None
-        done = step - self._start_step + 1
-        now = time.perf_counter()
-        if done > fit_at:
-            follow_budget(self, step + 1, (now - self._train_start) / budget)
-        elif done == fit_at:
+    def _follow_time_budget(self, step: int, budget: float) -> None:
+        """Stop at the budget; with ``fit_schedule_after``, fit the schedules at that step of this process to the
+        steps the budget allows, then keep the learning-rate decays on the budget's clock. Every decision is rank 0's
+        (:func:`~sahs_nerfstudio.schedule.rank0_values`); the clock waits for the device (:func:`~sahs_nerfstudio.schedule.clock`)."""
+        assert self._train_start is not None
+        now = clock(self.device)
+        if self._first_step_end is None:
+            self._first_step_end = now
+        fit_at = getattr(self.config, "fit_schedule_after", None)
+        done = step - self._start_step + 1  # this process's steps: on --load-dir the global step starts higher
+        elapsed, first = rank0_values([now - self._train_start, now - self._first_step_end], self.device)
+        if fit_at is not None and done == max(fit_at, 2):
             # The rate leaves the first step out: it carries one-off costs (a kernel build, lazy caches) that once
             # made a 0.15 s step look like 2.4 s and fitted a 3,500-step budget's schedules to 248 steps.
-            per_step = (now - self._first_step_end) / (fit_at - 1)
-            steps = budget_steps(budget, now - self._train_start, fit_at, per_step)
-            fit_schedule(self, steps)
+            per_step = first / (done - 1)
+            steps = budget_steps(budget, elapsed, done, per_step)
+            fit_schedule(self, self._start_step + steps)
             CONSOLE.print(
-                f"measured {per_step:.3f} s a step over steps 2-{fit_at}: schedules fitted to {steps} "
+                f"measured {per_step:.3f} s a step over steps 2-{done}: schedules fitted to {steps} "
                 f"steps in the {budget:g} s budget (learning rates then decay with the budget's clock)",
                 markup=False,
             )
+        if fit_at is not None and (done > max(fit_at, 2) or self._start_step > 0):
+            # a resumed run follows the clock from its first step: its config's decay length is not the saved run's
+            follow_budget(self, done, elapsed / budget, self._start_step, self._start_progress)
+        if elapsed >= budget:
+            # nerfstudio's loop checks stop_training before the next step and then saves, as after the last one.
+            self.stop_training = True
+            self._out_of_time = True
 
     def _after_train(self) -> None:
         # Training is over: Ctrl-C in nerfstudio's "viewer stays open" loop must quit, not save.

@@ -65,7 +65,7 @@ def test_time_budget_stops_training_and_saves_the_last_step(tiny_subject, tmp_pa
 
 
 def test_budget_steps_follow_the_measured_rate():
-    from sahs_nerfstudio.trainer import budget_steps
+    from sahs_nerfstudio.schedule import budget_steps
 
     assert budget_steps(60.0, elapsed_s=2.0, steps_done=20, per_step_s=0.1) == 600  # 0.1 s a step
     # a machine 4x slower: a 4x shorter schedule
@@ -133,6 +133,48 @@ def test_schedules_are_fitted_to_the_steps_the_budget_allows(tiny_subject, tmp_p
     model = config.pipeline.model
     assert model.audio_attention_start_step == steps // 2  # type: ignore[attr-defined]
     assert model.proposal_warmup == steps // 4 and model.proposal_weights_anneal_max_num_iters == steps // 10  # type: ignore[attr-defined]
+
+
+def test_a_resumed_budget_run_continues_the_decay_instead_of_raising_the_rate(tiny_subject, tmp_path, monkeypatch):
+    """``--load-dir`` with a time budget: the resumed process's learning rates go on from where the checkpoint's
+    decay stood (here: finished, at the final rate) and never climb back. Before, the budget's clock was applied to
+    the global step (steps of both processes over this process's elapsed fraction), which right after the fit put
+    the rate back near its start."""
+    from nerfstudio.engine.trainer import Trainer
+
+    from sahs_nerfstudio.checkpoint_io import list_checkpoints
+    from sahs_nerfstudio.presets import fast_demo_trainer_config
+
+    def run(out: Path, load_dir: Path | None, rates: list[float]) -> Path:
+        config = fast_demo_trainer_config(
+            tiny_subject / "nerface", steps=100_000, rays=64, output_dir=out, train_seconds=3.0, fit=True
+        )
+        config.fit_schedule_after = 3  # type: ignore[attr-defined]
+        config.steps_per_save = 1_000_000
+        config.load_dir = load_dir
+        original = Trainer.train_iteration
+
+        def recording(self, step):
+            result = original(self, step)
+            rates.append(self.optimizers.schedulers["fields"].get_last_lr()[0])
+            return result
+
+        monkeypatch.setattr(Trainer, "train_iteration", recording)
+        _train(config)
+        monkeypatch.setattr(Trainer, "train_iteration", original)
+        return config.get_checkpoint_dir()
+
+    first: list[float] = []
+    checkpoints = run(tmp_path / "first", None, first)
+    lr, lr_final = 1e-2, 1e-2 / 30  # fast_optimizers' fields group
+    assert first[-1] < 1.5 * lr_final, first[-1]  # the first budget ended its decay
+    saved = torch.load(list_checkpoints(checkpoints)[0][1], map_location="cpu", weights_only=False)
+    assert saved["decay_steps"] >= int(saved["step"]) + 1  # where the decay stood travels with the checkpoint
+    resumed: list[float] = []
+    run(tmp_path / "resumed", checkpoints, resumed)
+    assert len(resumed) > 3
+    # never above the rate the first run ended at (a little slack for the clock's rounding)
+    assert max(resumed) <= first[-1] * 1.05, (first[-1], max(resumed), lr)
 
 
 def test_demo_from_a_video_processes_trains_and_renders(tmp_path):

@@ -145,6 +145,37 @@ def test_the_drivers_head_turn_is_recovered_and_turns_the_camera(tmp_path):
     torch.testing.assert_close(in_new, in_old, atol=1e-5, rtol=0)
 
 
+def test_a_non_square_driver_is_posed_with_its_own_principal_point(tmp_path, monkeypatch):
+    """``crop="none"`` keeps a wide clip wide: the head poses are solved with the principal point at the centre of
+    the frames the mesh was tracked in, not of a square of their height."""
+
+    from sahs_nerfstudio.process import driver as drv
+    from sahs_nerfstudio.process import pose
+
+    truth = mp.make_motion(12, size=SIZE, seed=3, max_angle_deg=4.0)
+    wide = []
+    for k in range(truth.num_frames):
+        canvas = np.full((SIZE, SIZE * 3 // 2, 3), 110, np.uint8)
+        canvas[:, SIZE // 4 : SIZE // 4 + SIZE] = mp.render_frame(truth, k)
+        wide.append(canvas)
+    mp.write_video(tmp_path / "wide.mp4", wide, truth.fps, _speech(truth.num_frames / truth.fps))
+    track = track_driver(tmp_path / "wide.mp4", crop="none")
+    assert track.size == (drv.TRACK_SIZE * 3 // 2, drv.TRACK_SIZE)  # the shorter side scaled to 512
+    seen = []
+    solve = pose.solve_poses
+
+    def spy(mesh2d, kept, shape, width, height, *args, **kwargs):
+        seen.append((width, height))
+        return solve(mesh2d, kept, shape, width, height, *args, **kwargs)
+
+    monkeypatch.setattr(pose, "solve_poses", spy)
+    rot = drv.head_rotations(track, check_faces(track, skip_missing=False))
+    assert seen == [track.size] and np.isfinite(rot).all()
+    # the face sits at the wide frame's centre: its mesh's centre is near (width / 2, height / 2), as the camera assumes
+    centre = np.nanmedian(track.mesh[:, :, :2].reshape(-1, 2), axis=0)
+    assert abs(centre[0] - track.size[0] / 2) < 0.1 * track.size[0], (centre, track.size)
+
+
 def _blinking_video(path: Path, frames: int = 30, shut: tuple[int, int] = (10, 15)) -> None:
     """The astronaut photo, still, with both eyes painted shut (lid-coloured, a darker lash line) in frames
     ``shut[0] .. shut[1] - 1``, and speech."""

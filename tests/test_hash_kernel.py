@@ -135,6 +135,21 @@ def test_field_flag_selects_kernel_or_reference_with_the_same_parameters():
     assert compiled.state_dict().keys() == reference.state_dict().keys()
 
 
+def test_the_kernel_is_not_built_where_cuda_runs_the_encoding(monkeypatch):
+    """A CUDA machine trains on the GPU (tcnn or the torch path): making the encoding does not build the CPU kernel;
+    without CUDA it does (so the build never lands inside a timed training step)."""
+    from sahs_nerfstudio.kernels import hash_grid as module
+
+    calls = []
+    monkeypatch.setattr(module, "load_kernel", lambda: calls.append(1))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    CompiledHashEncoding(num_levels=2, min_res=4, max_res=16, log2_hashmap_size=6, implementation="torch")
+    assert calls == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    CompiledHashEncoding(num_levels=2, min_res=4, max_res=16, log2_hashmap_size=6, implementation="torch")
+    assert calls == [1]
+
+
 def test_a_missing_compiler_falls_back_to_torch_with_one_message(tmp_path):
     """No compiler: the encoding still equals the reference, and one line says why."""
     script = textwrap.dedent(

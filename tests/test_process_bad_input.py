@@ -183,3 +183,43 @@ def test_bad_flags(tmp_path, capsys, flag, value, expected):
     video.write_bytes(b"x")
     assert _process(tmp_path, video, flag, value) == 2
     assert f"field '{flag}': expected {expected}" in capsys.readouterr().err
+
+
+def test_a_decode_error_mid_stream_is_said_and_what_decoded_is_kept(tmp_path, monkeypatch):
+    """A file damaged part-way: decoding stops at the damage with one line each for video and sound, naming the
+    time, and keeps what came before (it used to stop silently)."""
+    import av
+
+    from sahs_nerfstudio.process import decode as dec
+
+    video = tmp_path / "damaged.mp4"
+    _video(video, 30)
+    real_open = dec.open_video
+
+    class DamagedAfter:
+        """The real container, whose streams raise FFmpeg's invalid-data error after 12 packets' frames."""
+
+        def __init__(self, path):
+            self.real = real_open(path)
+            self.streams = self.real.streams
+
+        def decode(self, stream):
+            for k, frame in enumerate(self.real.decode(stream)):
+                if k == 12:
+                    raise av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
+                yield frame
+
+        def close(self):
+            self.real.close()
+
+    monkeypatch.setattr(dec, "open_video", DamagedAfter)
+    info = dec.decode(video, tmp_path / "frames", tmp_path / "audio.wav", size=64, fps=25.0, min_seconds=0.1)
+    assert info.num_frames == 12 and info.source_frames == 12  # the 12 frames before the damage
+    assert len(info.decode_errors) == 2, info.decode_errors
+    video_line, sound_line = info.decode_errors
+    assert video_line.startswith("damaged.mp4: the video stopped decoding after 0.48 s (12 frames; InvalidDataError")
+    assert "the frames before it are kept" in video_line
+    assert sound_line.startswith("damaged.mp4: the sound stopped decoding after ") and "is kept" in sound_line
+    assert 0.0 < info.audio_seconds < 30 / 25.0
+    info.save(tmp_path / "decode.json")
+    assert dec.DecodeInfo.load(tmp_path / "decode.json").decode_errors == info.decode_errors

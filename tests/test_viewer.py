@@ -309,3 +309,29 @@ def test_a_driver_clip_plays_frame_by_frame(tmp_path, capsys):
     line = capsys.readouterr().out.strip()
     assert line.startswith("driver clip not loaded: ") and "narrow.npy" in line and len(line.splitlines()) == 1
     assert torch.allclose(model.driving_code_for_camera(cam, {}), torch.from_numpy(rows[4:5]))  # the old clip
+
+
+def test_an_audio_driver_clip_is_cut_to_the_models_window_and_checked_on_loading(tmp_path, capsys):
+    """An audio model's panel: a recording is cut into the model's window (not the default one), and features of
+    another shape are one console line at loading, with the clip loaded before kept (they used to fail later, inside
+    the render thread)."""
+    import numpy as np
+    import soundfile
+
+    from sahs_nerfstudio.viewer.controls import DRIVER_CLIP
+
+    model = _model("audio")
+    avatar = model.avatar
+    assert avatar.audio_window == (16, 29)
+    t = np.arange(8000) / 16000.0
+    soundfile.write(tmp_path / "voice.wav", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
+    assert avatar.load_driver(tmp_path / "voice.wav")
+    assert avatar.mode == DRIVER_CLIP and "driver clip: " in capsys.readouterr().out
+    loaded = avatar._driver_rows
+    assert loaded is not None and tuple(loaded.shape[1:]) == (16, 29) and len(loaded) == 12  # 0.5 s at 25 frames/s
+    np.save(tmp_path / "hubert.npy", np.zeros((6, 2, 1024), np.float32))  # another extractor's windows
+    assert not avatar.load_driver(tmp_path / "hubert.npy")
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("driver clip not loaded: ") and len(line.splitlines()) == 1
+    assert "hubert.npy" in line and "[16, 29]" in line and "[2, 1024]" in line
+    assert avatar._driver_rows is loaded  # the recording stays loaded

@@ -21,6 +21,7 @@ Both classes subclass a nerfstudio 1.1.5 encoding and override its ``pytorch_fwd
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -76,6 +77,11 @@ class TorchHashEncoding(HashEncoding):
     gathered with ``index_select`` and blended with ``lerp``.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # read once here: reading the (device) buffer in every forward would sync a GPU at every call
+        self.max_scaling = float(self.scalings.max())
+
     def pytorch_fwd(self, in_tensor: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs out_dim"]:
         shape = in_tensor.shape[:-1]
         levels, size = self.num_levels, self.hash_table_size
@@ -86,7 +92,7 @@ class TorchHashEncoding(HashEncoding):
         frac = scaled - floor
         primes = tuple(p & mask for p in INSTANT_NGP_PRIMES)
         # (floor + 1) * prime must fit: int32 when it does, int64 otherwise.
-        small = (float(scalings.max()) + 2) * size < 2**31
+        small = (self.max_scaling + 2) * size < 2**31
         cell = floor.int() if small else floor.long()
         x0, y0, z0 = cell[..., 0], cell[..., 1] * primes[1], cell[..., 2] * primes[2]
         x1, y1, z1 = x0 + 1, y0 + primes[1], z0 + primes[2]

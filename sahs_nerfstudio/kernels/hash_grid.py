@@ -101,12 +101,13 @@ def hash_grid(
 
 class CompiledHashEncoding(TorchHashEncoding):
     """:class:`TorchHashEncoding` running the compiled kernel for CPU tensors (the torch path otherwise, and when the
-    kernel cannot be built). The kernel is built (or its failure printed) when the first one is made, so a build
-    does not land inside the first training step, where it would pass for the step's cost."""
+    kernel cannot be built). On a machine without CUDA the kernel is built (or its failure printed) when the first
+    one is made, so a build does not land inside the first training step, where it would pass for the step's cost; with
+    CUDA it is built only if a CPU tensor ever comes through (a GPU run never needs it)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.tcnn_encoding is None:
+        if self.tcnn_encoding is None and not torch.cuda.is_available():
             load_kernel()
 
     def pytorch_fwd(self, in_tensor: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs out_dim"]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +72,19 @@ class OccupancyGrid(nn.Module):
         self.register_buffer("occupied", torch.ones(r, r, r, dtype=torch.bool))
         self.register_buffer("active", torch.zeros((), dtype=torch.bool))
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self._active_on_host: bool | None = False  # the buffer's value, kept on the host (None: read it once)
+
+    @property
+    def is_active(self) -> bool:
+        """Whether the grid has been measured (the ``active`` buffer), without a device sync on every query: the
+        host copy is refreshed by :meth:`update` and after a state dict is loaded."""
+        if self._active_on_host is None:
+            self._active_on_host = bool(self.active)
+        return self._active_on_host
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._active_on_host = None
 
     @property
     def resolution(self) -> int:
@@ -92,15 +106,19 @@ class OccupancyGrid(nn.Module):
     def query(self, positions: Float[Tensor, "*bs 3"]) -> Bool[Tensor, "*bs"]:
         """Whether each point needs the field: inside the box and, once the grid is active, in an occupied cell."""
         index, inside = self._cells(positions)
-        if not bool(self.active):
+        if not self.is_active:
             return inside
         occupied: Tensor = self.occupied  # type: ignore[assignment]
         return inside & occupied.flatten()[index]
 
     def occupied_fraction(self) -> float:
         """Share of occupied cells (1 before the grid is active)."""
+        return float(self.occupied_share())
+
+    def occupied_share(self) -> Tensor:
+        """:meth:`occupied_fraction` as a 0-d tensor on the grid's device (no host sync: for per-step metrics)."""
         occupied: Tensor = self.occupied  # type: ignore[assignment]
-        return float(occupied.float().mean()) if bool(self.active) else 1.0
+        return occupied.float().mean() if self.is_active else torch.ones((), device=occupied.device)
 
     @torch.no_grad()
     def update(self, density_fn: DensityFn, num_conditions: int, step: int, chunk: int = 65536) -> bool:
@@ -137,6 +155,7 @@ class OccupancyGrid(nn.Module):
             occupied = F.max_pool3d(occupied, kernel_size=k, stride=1, padding=cfg.dilation)
         self.occupied.copy_(occupied[0, 0] > 0)  # type: ignore[operator]
         self.active.fill_(True)  # type: ignore[operator]
+        self._active_on_host = True
         self.updates += 1  # type: ignore[operator]
         return True
 

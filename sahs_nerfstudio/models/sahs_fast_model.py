@@ -129,7 +129,7 @@ class SAHSFastModel(SAHSModel):
             ]
         # Per-ray conditioning of the last training batch (a sample of rows): what the grid's updates measure with.
         self._conditions: tuple[Tensor, Tensor | None] | None = None
-        self._kept_share = 1.0
+        self._kept_share = torch.ones(())
 
         def update_schedule(step: int) -> float:
             return float(
@@ -248,10 +248,10 @@ class SAHSFastModel(SAHSModel):
             code, pose = self.field.conditioning(ray_samples)
             rows = torch.randperm(code.shape[0], device=code.device)[:OCCUPANCY_CONDITIONS]
             self._conditions = (code[rows, 0].detach(), pose[rows, 0].detach() if pose is not None else None)
-        if not bool(grid.active):
+        if not grid.is_active:
             return None
         keep = grid.query(ray_samples.frustums.get_positions())
-        self._kept_share = float(keep.float().mean())
+        self._kept_share = keep.float().mean().detach()  # a tensor: read only when the metric is written
         return keep
 
     def with_images(self, level: dict[str, Tensor]) -> dict[str, Any]:
@@ -298,8 +298,9 @@ class SAHSFastModel(SAHSModel):
         metrics = super().get_metrics_dict(outputs, batch)
         if self.occupancy_grid is not None and self.training:
             # Share of the field's samples the occupancy grid let through in the last batch (1 before it is active).
-            metrics["kept_samples"] = torch.tensor(self._kept_share if bool(self.occupancy_grid.active) else 1.0)
-            metrics["occupied_cells"] = torch.tensor(self.occupancy_grid.occupied_fraction())
+            grid = self.occupancy_grid
+            metrics["kept_samples"] = self._kept_share if grid.is_active else torch.ones((), device=self.device)
+            metrics["occupied_cells"] = grid.occupied_share()
         return metrics
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> dict[str, Tensor]:

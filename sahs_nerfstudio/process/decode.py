@@ -9,7 +9,7 @@ aligned to the first video frame (padded with silence or trimmed) so audio windo
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Tuple
 
@@ -39,6 +39,8 @@ class DecodeInfo:
     """How frames were cut: ``face`` (``crop_box``), ``centre`` or ``none``."""
     crop_box: Optional[List[int]] = None
     """``[x, y, side]`` of the face crop in source pixels."""
+    decode_errors: List[str] = field(default_factory=list)
+    """Where a damaged file stopped decoding (video or sound) and what was kept: one line each, said once."""
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=1))
@@ -101,8 +103,12 @@ def open_video(path: Path):
         raise FormatError(path, "<file>", "a video PyAV can read", f"{type(err).__name__}: {err}") from None
 
 
-def resampled_frames(path: Path, fps: float) -> Iterator[Tuple[UInt8[np.ndarray, "H W 3"], int]]:
-    """Source frames at a constant ``fps`` (nearest in time), with the count of source frames so far."""
+def resampled_frames(
+    path: Path, fps: float, errors: Optional[List[str]] = None
+) -> Iterator[Tuple[UInt8[np.ndarray, "H W 3"], int]]:
+    """Source frames at a constant ``fps`` (nearest in time), with the count of source frames so far. A decode
+    error after the first frame ends the stream there: what decoded is kept and one line saying where goes to
+    ``errors``."""
     import av
 
     container = open_video(path)
@@ -132,6 +138,11 @@ def resampled_frames(path: Path, fps: float) -> Iterator[Tuple[UInt8[np.ndarray,
         except av.error.FFmpegError as err:  # type: ignore[attr-defined]
             if prev is None:
                 raise FormatError(path, "<frames>", "decodable video frames", f"{type(err).__name__}: {err}") from None
+            if errors is not None:
+                errors.append(
+                    f"{path.name}: the video stopped decoding after {prev_t - t0 + 1.0 / rate:.2f} s ({count} frames; "
+                    f"{type(err).__name__}: {err}); the frames before it are kept"
+                )
         if prev is not None:
             end = prev_t - t0 + 1.0 / rate
             while k / fps < end - 1e-6:
@@ -141,8 +152,9 @@ def resampled_frames(path: Path, fps: float) -> Iterator[Tuple[UInt8[np.ndarray,
         container.close()
 
 
-def decode_audio(path: Path, video_start: float = 0.0) -> Optional[np.ndarray]:
-    """The first audio track as mono float32 at 16 kHz aligned to ``video_start``; None without one."""
+def decode_audio(path: Path, video_start: float = 0.0, errors: Optional[List[str]] = None) -> Optional[np.ndarray]:
+    """The first audio track as mono float32 at 16 kHz aligned to ``video_start``; None without one. A decode error
+    ends the track there: what decoded is kept and one line saying where goes to ``errors``."""
     import av
 
     container = open_video(path)
@@ -161,8 +173,13 @@ def decode_audio(path: Path, video_start: float = 0.0) -> Optional[np.ndarray]:
                     chunks.append(out.to_ndarray().reshape(-1))
             for out in resampler.resample(None):
                 chunks.append(out.to_ndarray().reshape(-1))
-        except av.error.FFmpegError:  # type: ignore[attr-defined]
-            pass  # a damaged tail: keep what decoded
+        except av.error.FFmpegError as err:  # type: ignore[attr-defined]
+            if errors is not None:  # a damaged tail: keep what decoded, and say so
+                kept = sum(c.shape[0] for c in chunks) / FEATURE_SAMPLE_RATE
+                errors.append(
+                    f"{path.name}: the sound stopped decoding after {kept:.2f} s ({type(err).__name__}: {err}); "
+                    "the sound before it is kept"
+                )
         if not chunks:
             return None
         samples = np.concatenate(chunks).astype(np.float32)
@@ -208,7 +225,8 @@ def decode(
     num = source = 0
     src_shape = (0, 0)
     out_shape = (0, 0)
-    for rgb, count in resampled_frames(video, fps):
+    errors: List[str] = []
+    for rgb, count in resampled_frames(video, fps, errors):
         source = count
         src_shape = rgb.shape[:2]
         small = square_crop_resize(rgb, size, crop, box)
@@ -228,7 +246,7 @@ def decode(
             f"at least {min_seconds:g} s ({min_frames} frames at {fps:g} fps, --min-seconds)",
             f"{num / fps:.2f} s ({num} frames)",
         )
-    samples = decode_audio(video, video_start(video))
+    samples = decode_audio(video, video_start(video), errors)
     if samples is not None:
         audio_path.parent.mkdir(parents=True, exist_ok=True)
         soundfile.write(str(audio_path), samples, FEATURE_SAMPLE_RATE, subtype="PCM_16")
@@ -244,4 +262,5 @@ def decode(
         audio_seconds=0.0 if samples is None else samples.shape[0] / FEATURE_SAMPLE_RATE,
         crop="face" if box is not None else ("centre" if crop else "none"),
         crop_box=None if box is None else [box.x, box.y, box.side],
+        decode_errors=errors,
     )

@@ -47,6 +47,9 @@ class DriverTrack:
     mesh: Float[np.ndarray, "T 478 3"]
     audio: Optional[np.ndarray] = None
     """Mono float32 at :data:`~sahs_nerfstudio.data.audio.FEATURE_SAMPLE_RATE`, aligned to frame 0."""
+    size: Tuple[int, int] = (TRACK_SIZE, TRACK_SIZE)
+    """Width and height of the frames the mesh was tracked in, pixels (not square with ``crop="none"``): its
+    camera's principal point is their centre."""
 
     @property
     def found(self) -> np.ndarray:
@@ -63,14 +66,17 @@ def track_driver(video: Path, fps: float = 25.0, crop: str = "auto") -> DriverTr
     mode, box = choose_crop(crop, video, fps)
     tracker = MeshTracker(max_faces=1)
     meshes = []
+    size = (TRACK_SIZE, TRACK_SIZE)
     try:
         for k, (rgb, _) in enumerate(resampled_frames(video, fps)):
-            found = tracker.step(square_crop_resize(rgb, TRACK_SIZE, mode != "none", box), k)
+            frame = square_crop_resize(rgb, TRACK_SIZE, mode != "none", box)
+            size = (frame.shape[1], frame.shape[0])
+            found = tracker.step(frame, k)
             meshes.append(found.mesh if found.mesh is not None else np.full((NUM_POINTS, 3), np.nan))
     finally:
         tracker.close()
     mesh = np.stack(meshes) if meshes else np.zeros((0, NUM_POINTS, 3))
-    return DriverTrack(video, fps, mesh, decode_audio(video, video_start(video)))
+    return DriverTrack(video, fps, mesh, decode_audio(video, video_start(video)), size)
 
 
 def format_missing(track: DriverTrack) -> str:
@@ -132,7 +138,8 @@ def head_rotations(
 
     mesh = track.mesh[frames]
     shape = shape if shape is not None else subject_shape(mesh, np.ones(len(mesh), bool))
-    poses = solve_poses(mesh[..., :2], np.ones(len(mesh), bool), shape, TRACK_SIZE, TRACK_SIZE)
+    width, height = track.size
+    poses = solve_poses(mesh[..., :2], np.ones(len(mesh), bool), shape, width, height)
     rot = rodrigues(poses.rvecs)
     reference = rodrigues(np.median(poses.rvecs, axis=0)[None])[0]
     return FLIP @ (rot @ reference.T) @ FLIP

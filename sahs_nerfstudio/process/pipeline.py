@@ -206,6 +206,8 @@ def decode_stage(clip: Clip) -> None:
 
     clip.runner.stage("decode", decode_json, compute)
     info = clip.info = dec.DecodeInfo.load(decode_json)
+    for line in info.decode_errors:
+        clip.note(line)
     if info.crop == "face" and info.crop_box is not None:
         x, y, side = info.crop_box
         clip.note(f"the face is small in the frame: cropped to the {side}x{side} square at ({x}, {y}) around it")
@@ -291,12 +293,24 @@ def pose_stage(clip: Clip) -> None:
         shape.save(shape_file)
         p = solve_poses(clip.mesh[..., :2], kept, shape, info.width, info.height, config.focal, config.pose_smoothness)
         c2w, _ = camera_to_world(p)
-        np.savez(pose_file, rvecs=p.rvecs, tvecs=p.tvecs, focal=p.focal, reprojection=p.reprojection, c2w=c2w)
+        problems = np.array(p.problems, dtype=str)
+        np.savez(
+            pose_file,
+            rvecs=p.rvecs,
+            tvecs=p.tvecs,
+            focal=p.focal,
+            reprojection=p.reprojection,
+            c2w=c2w,
+            problems=problems,
+        )
+        for line in p.problems:
+            clip.note(line)
 
     clip.runner.stage("pose", pose_file, compute)
     clip.shape = SubjectShape.load(shape_file)
     pz = np.load(pose_file)
-    clip.pose = PoseResult(pz["rvecs"], pz["tvecs"], float(pz["focal"]), pz["reprojection"])
+    problems = [str(x) for x in pz["problems"]] if "problems" in pz else []
+    clip.pose = PoseResult(pz["rvecs"], pz["tvecs"], float(pz["focal"]), pz["reprojection"], problems)
     clip.c2w = pz["c2w"]
 
 

@@ -21,8 +21,8 @@ AD-NeRF's mean-distance - 0.2 / + 0.4), which also scales the shape.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Tuple
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
 
 import numpy as np
 from jaxtyping import Bool, Float
@@ -49,6 +49,8 @@ class PoseResult:
     """Pixels."""
     reprojection: Float[np.ndarray, " N"]
     """RMS reprojection error of the rigid vertices, pixels."""
+    problems: List[str] = field(default_factory=list)
+    """What did not converge and what was used instead (PnP, the joint refinement): one line each, said once."""
 
 
 def camera_matrix(focal: float, width: int, height: int) -> np.ndarray:
@@ -76,41 +78,54 @@ def project(
     return uv * np.array([k[0, 0], k[1, 1]]) + np.array([k[0, 2], k[1, 2]])
 
 
+def _frontal_guess(points2d: np.ndarray, obj: np.ndarray, k: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """A frontal pose at the distance the points' spread implies."""
+    img = points2d.astype(np.float64)
+    size = np.sqrt(((img - img.mean(0)) ** 2).sum(-1).mean())
+    extent = np.sqrt(((obj[:, :2] - obj[:, :2].mean(0)) ** 2).sum(-1).mean())
+    depth = k[0, 0] * extent / max(size, 1e-6)
+    centre = (img.mean(0) - k[:2, 2]) / k[0, 0] * depth
+    return np.zeros(3), np.array([centre[0], centre[1], depth])
+
+
 def _solve(points2d: np.ndarray, obj: np.ndarray, k: np.ndarray, guess: Optional[Tuple[np.ndarray, np.ndarray]]):
     """PnP of one frame: 2-D ``points2d`` [P, 2] against 3-D ``obj`` [P, 3]; rvec, tvec, RMS pixels."""
     import cv2
 
     img = points2d.astype(np.float64)
     if guess is None:
-        # Frontal at the distance the points' spread implies.
-        size = np.sqrt(((img - img.mean(0)) ** 2).sum(-1).mean())
-        extent = np.sqrt(((obj[:, :2] - obj[:, :2].mean(0)) ** 2).sum(-1).mean())
-        depth = k[0, 0] * extent / max(size, 1e-6)
-        centre = (img.mean(0) - k[:2, 2]) / k[0, 0] * depth
-        guess = (np.zeros(3), np.array([centre[0], centre[1], depth]))
+        guess = _frontal_guess(img, obj, k)
     rvec, tvec = guess[0].reshape(3, 1).copy(), guess[1].reshape(3, 1).copy()
-    cv2.solvePnP(obj, img, k, np.zeros(4), rvec, tvec, useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE)
+    ok = cv2.solvePnP(obj, img, k, np.zeros(4), rvec, tvec, useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE)
     r, t = rvec.reshape(3), tvec.reshape(3)
+    if not ok or not (np.isfinite(r).all() and np.isfinite(t).all()):
+        return r, t, float("inf")  # not solved: callers see an infinite error, never a pose taken for a solution
     err = project(r[None], t[None], obj, k)[0] - img
     return r, t, float(np.sqrt((err**2).sum(-1).mean()))
 
 
 def _per_frame(
     points: np.ndarray, obj: np.ndarray, kept: np.ndarray, k: np.ndarray
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray, List[int]]:
+    """PnP per kept frame, seeded by the previous one; also the frames where PnP failed from both the previous
+    pose and the frontal guess (they start from the previous pose, or the frontal guess at a run's start)."""
     n = len(points)
     rvecs, tvecs, errs = np.full((n, 3), np.nan), np.full((n, 3), np.nan), np.full(n, np.nan)
     guess = None
+    failed: List[int] = []
     for f in range(n):
         if not kept[f]:
             guess = None
             continue
         r, t, e = _solve(points[f], obj, k, guess)
-        if t[2] <= 0:  # behind the camera: restart from the frontal guess
+        if not np.isfinite(e) or t[2] <= 0:  # failed or behind the camera: restart from the frontal guess
             r, t, e = _solve(points[f], obj, k, None)
+        if not np.isfinite(e) or t[2] <= 0:
+            failed.append(f)
+            r, t = guess if guess is not None else _frontal_guess(points[f], obj, k)
         rvecs[f], tvecs[f], errs[f] = r, t, e
         guess = (r, t)
-    return rvecs, tvecs, errs
+    return rvecs, tvecs, errs, failed
 
 
 def estimate_focal(points: np.ndarray, obj: np.ndarray, kept: np.ndarray, width: int, height: int) -> float:
@@ -130,8 +145,10 @@ def estimate_focal(points: np.ndarray, obj: np.ndarray, kept: np.ndarray, width:
 
 def _refine_run(
     points: np.ndarray, obj: np.ndarray, rvecs: np.ndarray, tvecs: np.ndarray, k: np.ndarray, smoothness: float
-) -> Tuple[np.ndarray, np.ndarray]:
-    """Joint robust least squares over one run of consecutive frames (``points`` [n, P, 2], ``obj`` [P, 3])."""
+) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """Joint robust least squares over one run of consecutive frames (``points`` [n, P, 2], ``obj`` [P, 3]); None
+    when the solver reports no solution (its status) or returns non-finite poses. Stopping at the evaluation cap is
+    by design: each step lowers the robust cost from the per-frame poses it starts at."""
     from scipy.optimize import least_squares
     from scipy.sparse import lil_matrix
 
@@ -166,6 +183,8 @@ def _refine_run(
         max_nfev=30,
     )
     pose = sol.x.reshape(n, 6)
+    if sol.status < 0 or not np.isfinite(pose).all():  # improper input or a non-finite result: not a solution
+        return None
     return pose[:, :3], pose[:, 3:]
 
 
@@ -185,20 +204,36 @@ def solve_poses(
     if focal is None:
         focal = estimate_focal(points, obj, kept, width, height)
     k = camera_matrix(focal, width, height)
-    rvecs, tvecs, _ = _per_frame(points, obj, kept, k)
+    rvecs, tvecs, _, failed = _per_frame(points, obj, kept, k)
+    problems = []
+    if failed:
+        problems.append(
+            f"PnP found no pose for {len(failed)} frame(s) ({_frame_list(failed)}): each starts from the previous "
+            "frame's pose"
+            + (", then the joint refinement fits it" if smoothness > 0 else " (no refinement: kept as is)")
+        )
     if smoothness > 0:
         stable = np.argsort(shape.residual[shape.rigid])[:REFINE_POINTS]
         for a, b in runs(kept):
             if b > a:
-                rvecs[a : b + 1], tvecs[a : b + 1] = _refine_run(
+                refined = _refine_run(
                     points[a : b + 1, stable], obj[stable], rvecs[a : b + 1], tvecs[a : b + 1], k, smoothness
                 )
+                if refined is None:
+                    problems.append(f"pose refinement failed on frames {a}-{b}: their per-frame PnP poses are kept")
+                else:
+                    rvecs[a : b + 1], tvecs[a : b + 1] = refined
     errs = np.full(len(points), np.nan)
     ok = np.flatnonzero(kept)
     if len(ok):
         diff = project(rvecs[ok], tvecs[ok], obj, k) - points[ok]
         errs[ok] = np.sqrt((diff**2).sum(-1).mean(-1))
-    return PoseResult(rvecs=rvecs, tvecs=tvecs, focal=float(focal), reprojection=errs)
+    return PoseResult(rvecs=rvecs, tvecs=tvecs, focal=float(focal), reprojection=errs, problems=problems)
+
+
+def _frame_list(frames: List[int], most: int = 8) -> str:
+    shown = ", ".join(str(f) for f in frames[:most])
+    return shown + (f", ... {len(frames) - most} more" if len(frames) > most else "")
 
 
 def head_to_camera(pose: PoseResult) -> Float[np.ndarray, "N 4 4"]:

@@ -178,19 +178,30 @@ class AvatarControls(nn.Module):
         self._frozen_pose: Tensor | None = None
         self.last_render: tuple[float, int, int] | None = None
         """The viewer's last frame: (frames/s, width, height); None before the first."""
+        self.audio_window: tuple[int, int] | None = None
+        """The audio window ``(W, C)`` an audio model takes: a loaded recording is cut into these."""
+        self.driver_spec: Any = None
+        """What the model accepts as a driver (a :class:`~sahs_nerfstudio.driving.DriverSpec`, set by
+        :meth:`for_model`): a loaded clip gets the same check as ``sahs-render``'s."""
         self._element_names: list[str] = []
         self._build_elements({})
 
     @classmethod
     def for_model(cls, model: "SAHSModel") -> "AvatarControls":
+        from sahs_nerfstudio.driving import DriverSpec
+
         table = model.audio_table
-        return cls(
+        controls = cls(
             driver_kind=model.driver_kind,
             train_drivers=model.train_drivers,
             num_audio_windows=int(table.shape[0]) if table.ndim == 3 else 0,
             uses_pose=bool(model.field_config.resolved().use_pose),
             uses_eye=bool(getattr(model, "uses_eye", False)),
         )
+        controls.driver_spec = spec = DriverSpec.of(model)
+        if spec.kind == "audio":
+            controls.audio_window = (int(spec.shape[0]), int(spec.shape[1]))
+        return controls
 
     # ------------------------------------------------------------------------------------------
     # Elements
@@ -362,18 +373,20 @@ class AvatarControls(nn.Module):
         """Load a driver clip (the Driver clip field's path when ``path`` is None) for the driver-clip mode; a
         file that cannot drive this model is one printed line and keeps the clip loaded before."""
         from sahs_nerfstudio.data.formats import FormatError
-        from sahs_nerfstudio.driving import VIDEO_SUFFIXES, load_driver, load_video_driver
+        from sahs_nerfstudio.driving import VIDEO_SUFFIXES, check_driver, load_driver, load_video_driver
 
         path = Path(str(self.el06_driver_path.value if path is None else path))  # type: ignore[attr-defined]
         kind = "audio" if self.driver_kind == "audio" else "expression"
+        window = {} if self.audio_window is None else dict(window=self.audio_window[0], channels=self.audio_window[1])
         try:
             if path.suffix.lower() in VIDEO_SUFFIXES:
-                seq = load_video_driver(path, kind, self.basis_file, skip_missing=True)
+                seq = load_video_driver(path, kind, self.basis_file, skip_missing=True, **window)
             else:
-                seq = load_driver(path)
+                seq = load_driver(path, **window)
             rows = np.asarray(seq.rows, dtype=np.float32)
-            width = int(self.expressions.shape[1]) if kind == "expression" else None
-            if seq.kind != kind or (width is not None and rows.shape[1] != width):
+            if self.driver_spec is not None:
+                check_driver(seq, self.driver_spec)  # here, not in the render thread: one line, the old clip kept
+            elif seq.kind != kind or (kind == "expression" and rows.shape[1] != int(self.expressions.shape[1])):
                 raise FormatError(path, seq.field_name, f"{kind} rows for this model", f"{seq.kind} rows {rows.shape}")
         except FormatError as err:
             CONSOLE.print(f"driver clip not loaded: {err}", markup=False, soft_wrap=True)
