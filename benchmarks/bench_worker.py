@@ -14,7 +14,8 @@ from bench_heldout import HeldOut, sync
 from bench_rows import ROW_BUILDERS, STOCK_ROWS
 
 from sahs_nerfstudio.compat.stock_lpips import disable_stock_lpips
-from sahs_nerfstudio.schedule import fit_schedule
+from sahs_nerfstudio.presets import DEMO_FIT_AFTER
+from sahs_nerfstudio.schedule import BudgetSchedule
 
 
 def run_row(cfg: BenchmarkConfig, row: str, seed: int, started: float) -> dict[str, Any]:
@@ -70,9 +71,9 @@ def run_row(cfg: BenchmarkConfig, row: str, seed: int, started: float) -> dict[s
     train_cpu = 0.0
     eval_time = eval_cpu = 0.0
     step = 0
-    probe = (3, 8)  # steps timed to size the learning-rate schedule
-    probe_start = 0.0
-    planned_steps = initial_steps
+    # The demo's policy (the trainer's own BudgetSchedule): fit after DEMO_FIT_AFTER steps, then decay with the clock.
+    # Its clock is the training time alone (held-out readings are left out).
+    schedule = BudgetSchedule(cfg.time_budget_s, DEMO_FIT_AFTER)
 
     def record(kind: str, frames: int | None) -> dict[str, Any]:
         nonlocal eval_time, eval_cpu
@@ -103,12 +104,7 @@ def run_row(cfg: BenchmarkConfig, row: str, seed: int, started: float) -> dict[s
         step += 1
         if not math.isfinite(float(loss.detach())):
             raise FloatingPointError(f"{row}: loss is {float(loss.detach())} at step {step}")
-        if step == probe[0]:
-            probe_start = train_time
-        if step == probe[1]:
-            seconds_per_step = (train_time - probe_start) / (probe[1] - probe[0])
-            planned_steps = max(cfg.equal_steps, int(cfg.time_budget_s / max(seconds_per_step, 1e-6)))
-            fit_schedule(trainer, planned_steps)
+        schedule.after_step(trainer, step, train_time)
         if step == cfg.equal_steps:
             at_steps = record("steps", None)
         if at_time is None and train_time >= cfg.time_budget_s:
@@ -135,7 +131,7 @@ def run_row(cfg: BenchmarkConfig, row: str, seed: int, started: float) -> dict[s
         "num_params": num_params,
         "steps_total": step,
         "train_time_total_s": train_time,
-        "planned_schedule_steps": planned_steps,
+        "planned_schedule_steps": schedule.fitted_steps or initial_steps,
         "rays": rays,
         "rays_per_s": step * rays / train_time,
         "seconds_per_step": train_time / step,
@@ -146,6 +142,7 @@ def run_row(cfg: BenchmarkConfig, row: str, seed: int, started: float) -> dict[s
         "eval_s": eval_time,
         "eval_cpu_s": eval_cpu,
         "threads": torch.get_num_threads(),
+        **build_facts(config),
         "equal_steps": at_steps,
         "equal_time": at_time,
         "render_fps": at_time["render_fps"],
@@ -157,6 +154,37 @@ def run_row(cfg: BenchmarkConfig, row: str, seed: int, started: float) -> dict[s
     if cfg.refine and row in cfg.refine_rows and seed == cfg.seeds[0]:
         result["refine"] = run_refinement(cfg, trainer, step)
     return result
+
+
+def build_facts(config: Any) -> dict[str, Any]:
+    """What the run ran on: the commit (``+dirty`` with uncommitted changes), the hash-grid kernel (built, the
+    torch fallback and why, or not used by this row), and the compute dtype."""
+    import subprocess
+    from pathlib import Path
+
+    import torch
+
+    from sahs_nerfstudio.kernels.hash_grid import kernel_failure, load_kernel
+
+    root = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=root)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=root
+    )
+    model = config.pipeline.model
+    kernels = [getattr(model, name, None) for name in ("expression_field", "audio_field")]
+    uses_kernel = any(getattr(f, "grid_kernel", None) == "compiled" for f in kernels)
+    if not uses_kernel:
+        kernel = "not used"
+    elif load_kernel() is not None:
+        kernel = "built"
+    else:
+        kernel = f"torch fallback: {kernel_failure()}"
+    return {
+        "commit": head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else ""),
+        "kernel": kernel,
+        "dtype": str(torch.get_default_dtype()).removeprefix("torch."),  # no mixed precision on the CPU yet
+    }
 
 
 def run_refinement(cfg: BenchmarkConfig, trainer, step: int) -> dict[str, Any]:

@@ -10,6 +10,7 @@ nerfstudio's trainer.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, List, Optional
 
 import torch
@@ -84,3 +85,53 @@ def clock(device: Any) -> float:
     if torch.cuda.is_available() and torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
+
+
+@dataclass
+class BudgetSchedule:
+    """A run's policy under a time budget, called after every step: at ``fit_after`` steps of this process, fit
+    the schedules to the steps the rest of the budget holds at the measured rate (step 1 left out: it carries
+    one-off costs, a kernel build, lazy caches, that once made a 0.15 s step look like 2.4 s and fitted a
+    3,500-step budget's schedules to 248 steps); after it, keep the learning-rate decays on the budget's clock.
+    The trainer (``max_train_seconds``, ``fit_schedule_after``) and the benchmark's worker both use it, so the
+    benchmark trains what ``make demo`` trains."""
+
+    budget_s: float
+    """Seconds of training the run may use."""
+    fit_after: Optional[int] = None
+    """Steps of this process timed before the fit (None: no fit, the budget only stops the run)."""
+    start_step: int = 0
+    """Global step this process started at (a run resumed with ``--load-dir``)."""
+    start_progress: float = 0.0
+    """How far the loaded checkpoint's decays had gone (0 for a fresh run)."""
+    first_step_s: Optional[float] = None
+    """Training seconds at the end of this process's first step."""
+    fitted_steps: Optional[int] = None
+    """This process's step count the schedules were fitted to (None before the fit)."""
+    seconds_per_step: Optional[float] = None
+    """The rate measured for the fit."""
+
+    def after_step(self, trainer: Any, done: int, elapsed_s: float) -> bool:
+        """After this process's ``done``-th step, ``elapsed_s`` seconds into the budget: fit or follow; True when the
+        budget is spent."""
+        if self.first_step_s is None:
+            self.first_step_s = elapsed_s
+        if self.fit_after is not None:
+            fit_at = max(self.fit_after, 2)
+            if done == fit_at:
+                self.seconds_per_step = (elapsed_s - self.first_step_s) / (done - 1)
+                self.fitted_steps = budget_steps(self.budget_s, elapsed_s, done, self.seconds_per_step)
+                fit_schedule(trainer, self.start_step + self.fitted_steps)
+            if done > fit_at or self.start_step > 0:
+                # a resumed run follows the clock from its first step: its config's decay length is a first guess
+                follow_budget(trainer, done, elapsed_s / self.budget_s, self.start_step, self.start_progress)
+        return elapsed_s >= self.budget_s
+
+    def fit_message(self) -> str:
+        """The line said at the fit."""
+        assert self.fitted_steps is not None and self.seconds_per_step is not None and self.fit_after is not None
+        return (
+            f"measured {self.seconds_per_step:.3f} s a step over steps 2-{max(self.fit_after, 2)}: schedules fitted to "
+            f"{self.fitted_steps} steps in the {self.budget_s:g} s budget (learning rates then decay with the budget's "
+            "clock)"
+        )

@@ -43,15 +43,7 @@ from sahs_nerfstudio.checkpoint_io import (
     write_checkpoint,
 )
 from sahs_nerfstudio.errors import EXIT_INTERRUPTED
-from sahs_nerfstudio.schedule import (
-    budget_steps,
-    clock,
-    decay_steps,
-    fit_schedule,
-    follow_budget,
-    rank0_values,
-    set_decay_steps,
-)
+from sahs_nerfstudio.schedule import BudgetSchedule, clock, decay_steps, rank0_values, set_decay_steps
 
 
 class _Interrupted(Exception):
@@ -65,10 +57,10 @@ class SAHSTrainer(Trainer):
     _completed_step: Optional[int] = None
     _final_save: bool = False
     _train_start: Optional[float] = None
-    _first_step_end: Optional[float] = None
     _out_of_time: bool = False
     _start_progress: float = 0.0
     """How far the learning-rate decays had gone at the loaded checkpoint (0 for a fresh run)."""
+    _budget: Optional[BudgetSchedule] = None
 
     # ------------------------------------------------------------------------------------------
     # saving
@@ -162,34 +154,22 @@ class SAHSTrainer(Trainer):
         return out
 
     def _follow_time_budget(self, step: int, budget: float) -> None:
-        """Stop at the budget; with ``fit_schedule_after``, fit the schedules at that step of this process to the
-        steps the budget allows, then keep the learning-rate decays on the budget's clock. Every decision is rank 0's
-        (:func:`~sahs_nerfstudio.schedule.rank0_values`); the clock waits for the device (:func:`~sahs_nerfstudio.schedule.clock`)."""
+        """Stop at the budget and, with ``fit_schedule_after``, fit and follow the schedules
+        (:class:`~sahs_nerfstudio.schedule.BudgetSchedule`). The clock is rank 0's
+        (:func:`~sahs_nerfstudio.schedule.rank0_values`) and waits for the device
+        (:func:`~sahs_nerfstudio.schedule.clock`)."""
         assert self._train_start is not None
-        now = clock(self.device)
-        if self._first_step_end is None:
-            self._first_step_end = now
-        fit_at = getattr(self.config, "fit_schedule_after", None)
-        done = step - self._start_step + 1  # this process's steps: on --load-dir the global step starts higher
-        elapsed, first = rank0_values([now - self._train_start, now - self._first_step_end], self.device)
-        if fit_at is not None and done == max(fit_at, 2):
-            # The rate leaves the first step out: it carries one-off costs (a kernel build, lazy caches) that once
-            # made a 0.15 s step look like 2.4 s and fitted a 3,500-step budget's schedules to 248 steps.
-            per_step = first / (done - 1)
-            steps = budget_steps(budget, elapsed, done, per_step)
-            fit_schedule(self, self._start_step + steps)
-            CONSOLE.print(
-                f"measured {per_step:.3f} s a step over steps 2-{done}: schedules fitted to {steps} "
-                f"steps in the {budget:g} s budget (learning rates then decay with the budget's clock)",
-                markup=False,
-            )
-        if fit_at is not None and (done > max(fit_at, 2) or self._start_step > 0):
-            # a resumed run follows the clock from its first step: its config's decay length is not the saved run's
-            follow_budget(self, done, elapsed / budget, self._start_step, self._start_progress)
-        if elapsed >= budget:
+        if self._budget is None:
+            fit_after = getattr(self.config, "fit_schedule_after", None)
+            self._budget = BudgetSchedule(budget, fit_after, self._start_step, self._start_progress)
+        (elapsed,) = rank0_values([clock(self.device) - self._train_start], self.device)
+        fitted_before = self._budget.fitted_steps
+        if self._budget.after_step(self, step - self._start_step + 1, elapsed):
             # nerfstudio's loop checks stop_training before the next step and then saves, as after the last one.
             self.stop_training = True
             self._out_of_time = True
+        if fitted_before is None and self._budget.fitted_steps is not None:
+            CONSOLE.print(self._budget.fit_message(), markup=False)
 
     def _after_train(self) -> None:
         # Training is over: Ctrl-C in nerfstudio's "viewer stays open" loop must quit, not save.

@@ -138,6 +138,9 @@ def test_nerface_style_fast_row_trains(subject_train, tmp_path):
     assert math.isfinite(final["psnr"]) and math.isfinite(final["mouth_psnr"]) and final["num_frames"] >= 1
     assert 0.0 <= final["miou"] <= 1.0
     assert (tmp_path / "runs" / run_name("sahs-fast-nerface", 3)).is_dir()
+    # what the run ran on travels with its numbers
+    assert result["kernel"] == "built" and result["dtype"] == "float32" and result["threads"] >= 1
+    assert len(result["commit"].removesuffix("+dirty")) >= 7
     # Neither warp nor hyper-space: no deformation network, no planes; the code goes into the canonical field.
     from bench_rows import ROW_BUILDERS
 
