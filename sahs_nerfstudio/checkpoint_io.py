@@ -26,7 +26,7 @@ from typing import Any, BinaryIO, Dict, List, Optional, Tuple
 import torch
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from sahs_nerfstudio.data.formats import FormatError
+from sahs_nerfstudio.errors import FormatError
 
 STEP_NAME = re.compile(r"step-(\d+)\.ckpt")
 """nerfstudio's checkpoint file name."""

@@ -14,7 +14,7 @@ Audio models trained with an eye track (``use_eye``) take one eye closure per fr
 blinks at a human rate (:func:`sahs_nerfstudio.data.eye.natural_blinks`).
 
 Another subject's file drives a trained subject just the same (cross-reenactment). Every problem
-with the file is a :class:`~sahs_nerfstudio.data.formats.FormatError`: one line naming the file,
+with the file is a :class:`~sahs_nerfstudio.errors.FormatError`: one line naming the file,
 the field, what was expected and what was found.
 """
 
@@ -33,7 +33,7 @@ from torch import Tensor
 from sahs_nerfstudio.data import audio as audio_io
 from sahs_nerfstudio.data import eye as eye_io
 from sahs_nerfstudio.data import formats
-from sahs_nerfstudio.data.formats import FormatError
+from sahs_nerfstudio.errors import FormatError
 
 if TYPE_CHECKING:
     from sahs_nerfstudio.models.sahs_model import SAHSModel

@@ -1,6 +1,6 @@
 """One line for every user mistake: the shared error handling of every SAHS command.
 
-A :class:`~sahs_nerfstudio.data.formats.FormatError` (bad data, a bad flag, a run that does not
+A :class:`~sahs_nerfstudio.errors.FormatError` (bad data, a bad flag, a run that does not
 load) ends a command with one line on stderr -- ``<prog>: error: <file>: field '<f>': expected
 <e>, found <x>`` -- and exit status 2. The traceback is printed only when ``SAHS_DEBUG=1``.
 
@@ -22,7 +22,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Callable, Optional, Type
 
-from sahs_nerfstudio.data.formats import FormatError
+
+class FormatError(ValueError):
+    """A dataset file (or a flag) does not hold what its format says it should."""
+
+    def __init__(self, path: Path | str, field_name: str, expected: str, found: str) -> None:
+        self.path = Path(path)
+        self.field_name = field_name
+        self.expected = expected
+        self.found = found
+        super().__init__(f"{path}: field '{field_name}': expected {expected}, found {found}")
+
 
 DEBUG_ENV = "SAHS_DEBUG"
 """Set to 1 to get the full traceback after the one-line message."""

@@ -137,14 +137,15 @@ def tiny_sahs_fast_cli():
 # One small sahs-fast training shared by the learning tests of the demo preset (test_demo: split video and mouth
 # PSNR; test_fast: the ns-eval load path and mIoU), beside the same model untrained.
 
-SMALL_FAST_STEPS = 300
+SMALL_FAST_STEPS = 600
 SMALL_FAST_RAYS = 512
 
 
 @pytest.fixture(scope="session")
 def small_fast_runs(subject_train, tmp_path_factory, learning_seed) -> dict[str, Path]:
     """config.yml of the demo's ``sahs-fast`` preset on ``subject_train`` (NeRFace layout): ``trained`` for
-    300 steps of 512 rays (a step count, not the time budget: bounds must not depend on the machine's load) and
+    600 steps of 512 rays (a step count, not the time budget: bounds must not depend on the machine's load; at 300
+    steps the mouth was not learned yet on one seed of three, issue 26) and
     ``untrained`` (one step at a learning rate of 1e-12, which changes nothing), both seeded by the suite's seed."""
     from nerfstudio.scripts.train import main as train_main
 

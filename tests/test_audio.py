@@ -9,7 +9,7 @@ import pytest
 import soundfile
 
 from sahs_nerfstudio.data.audio import CHANNELS, WINDOW, audio_features, load_wav, wav_to_features
-from sahs_nerfstudio.data.formats import FormatError
+from sahs_nerfstudio.errors import FormatError
 
 
 def _voice(sample_rate: int, seconds: float = 2.0, loud: tuple[float, float] | None = None, f0: float = 150.0):

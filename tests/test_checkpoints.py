@@ -22,7 +22,7 @@ from sahs_nerfstudio.checkpoint_io import (
     load_newest_checkpoint,
     write_checkpoint,
 )
-from sahs_nerfstudio.data.formats import FormatError
+from sahs_nerfstudio.errors import FormatError
 
 
 def _state(step: int, scale: float = 1.0) -> dict:

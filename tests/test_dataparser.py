@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 
 from sahs_nerfstudio.data import formats
-from sahs_nerfstudio.data.formats import FormatError
 from sahs_nerfstudio.data.frame_store import read_labels
 from sahs_nerfstudio.data.sahs_dataparser import SAHSDataParserConfig
 from sahs_nerfstudio.data.sahs_dataset import SAHSDataset
 from sahs_nerfstudio.data.semantics import IGNORE_LABEL
+from sahs_nerfstudio.errors import FormatError
 
 # ---------------------------------------------------------------------------------------------
 # Plain references: the original loaders' ray formulas and palette, written out independently.

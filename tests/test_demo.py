@@ -23,7 +23,7 @@ def _train(config) -> Path:
     return config.get_base_dir() / "config.yml"
 
 
-# The 40x40 subject (6 held-out frames, all with the mouth open), the demo preset trained 300 steps of 512 rays
+# The 40x40 subject (6 held-out frames, all with the mouth open), the demo preset trained 600 steps of 512 rays
 # (conftest's small_fast_runs) against the same model untrained: gains in held-out and mouth PSNR. The bounds sit
 # below the worst of 3 seeds x 1 and 2 threads (tests/README.md, benchmarks/learned_bounds.py).
 PSNR_GAIN = 1.5

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sahs_nerfstudio.data.formats import EXPRESSION_BASIS, FormatError
+from sahs_nerfstudio.data.formats import EXPRESSION_BASIS
+from sahs_nerfstudio.errors import FormatError
 from sahs_nerfstudio.process import moving_photo as mp
 from sahs_nerfstudio.process.driver import check_faces, driver_codes, track_driver
 from sahs_nerfstudio.process.expression import ExpressionBasis, normalised_meshes

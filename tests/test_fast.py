@@ -258,7 +258,7 @@ def test_ns_train_cli_builds_sahs_fast_for_both_layouts(subject_nonsquare, layou
     assert list((config.get_base_dir() / "nerfstudio_models").glob("*.ckpt"))
 
 
-# The demo preset on the 40x40 subject, 300 steps of 512 rays (conftest's small_fast_runs, shared with test_demo),
+# The demo preset on the 40x40 subject, 600 steps of 512 rays (conftest's small_fast_runs, shared with test_demo),
 # against the same model untrained (it renders the background image); bounds below the worst of 3 seeds x 1 and 2
 # threads (tests/README.md).
 PSNR_GAIN = 1.5

@@ -366,6 +366,28 @@ def test_fast_field_does_not_reach_the_sahs_field_and_fields_have_no_import_cycl
         assert not {m for m in imported if m.startswith("sahs_nerfstudio.fields")}, module
 
 
+def test_errors_is_a_leaf_and_the_top_level_modules_have_no_import_cycle():
+    """``errors.py`` (FormatError and the one-line exit) imports nothing of the package, so every layer can raise
+    it; it used to import ``data.formats`` while ``data.synthetic.config`` imported it back."""
+    graph = _package_imports("sahs_nerfstudio")
+    assert graph["sahs_nerfstudio.errors"] == set()
+    packages = ("data", "data.synthetic", "fields", "models", "samplers", "process", "rendering", "refinement", "utils")
+    for package in (*packages, "compat", "kernels", "viewer", "scripts"):
+        graph |= _package_imports(f"sahs_nerfstudio.{package}")
+
+    def reachable(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph.get(todo.pop(), set()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    for module in graph:
+        assert module not in reachable(module), f"import cycle through {module}"
+
+
 def test_shared_conditioning_fields_are_declared_only_in_the_base():
     import dataclasses
 

@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sahs_nerfstudio.data.formats import FormatError
 from sahs_nerfstudio.data.sahs_dataparser import SAHSDataParserConfig
+from sahs_nerfstudio.errors import FormatError
 
 EXAMPLES = 120
 """Mutated files per layout."""

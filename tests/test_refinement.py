@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from learned import test_seed
 from PIL import Image
 
-from sahs_nerfstudio.data.formats import FormatError
+from sahs_nerfstudio.errors import FormatError
 from sahs_nerfstudio.refinement import (
     RefinerNetwork,
     RefinerNetworkConfig,

@@ -21,8 +21,8 @@ from PIL import Image
 
 from sahs_nerfstudio.data import formats
 from sahs_nerfstudio.data import semantics as sem
-from sahs_nerfstudio.data.formats import FormatError
 from sahs_nerfstudio.data.sahs_dataparser import SAHSDataParserConfig
+from sahs_nerfstudio.errors import FormatError
 
 BIN = Path(sys.executable).parent
 
@@ -368,7 +368,7 @@ def test_a_format_error_in_a_spawned_training_process_is_found_in_its_traceback_
     text = (
         "\n\n-- Process 1 terminated with the following error:\nTraceback (most recent call last):\n"
         '  File "formats.py", line 9, in read\n    raise FormatError(path, "cx", ...)\n'
-        "sahs_nerfstudio.data.format_error.FormatError: /d/transforms_train.json: field 'cx': expected a number "
+        "sahs_nerfstudio.errors.FormatError: /d/transforms_train.json: field 'cx': expected a number "
         "of pixels, found '24'\n"
     )
     found = spawned_format_error(ProcessRaisedException(text, 1, 4242))

@@ -15,7 +15,6 @@ from sahs_nerfstudio.data import semantics as sem
 from sahs_nerfstudio.data.formats import (
     ADNERF_AUDIO,
     ADNERF_AUDIO_WAV,
-    FormatError,
     adnerf_image_path,
     adnerf_mask_path,
     adnerf_parsing_path,
@@ -44,6 +43,7 @@ from sahs_nerfstudio.data.synthetic import (
     scene_at,
     violates_training_rule,
 )
+from sahs_nerfstudio.errors import FormatError
 
 HEAD = {sem.SKIN, sem.NOSE, sem.EYEGLASSES, sem.EYES, sem.EYEBROWS, sem.EARS, sem.MOUTH_INTERIOR, sem.LIPS, sem.HAIR}
 

@@ -29,7 +29,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 from jaxtyping import Float
 
-from sahs_nerfstudio.data.formats import FormatError
+from sahs_nerfstudio.errors import FormatError
 
 CONFIG_FILES = ("HeadNeRF_config.txt", "TorsoNeRF_config.txt")
 """Read in this order; the first one present wins (process_data.py writes both with the same values)."""

@@ -38,7 +38,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from sahs_nerfstudio.data.formats import FormatError
+from sahs_nerfstudio.errors import FormatError
 
 FEATURE_SAMPLE_RATE = 16000
 """Audio is resampled to this rate before feature extraction."""

@@ -20,7 +20,7 @@ Values and what the model reads:
 * The synthetic subject writes ``AU45_r = 2 * blink`` from its ``blink`` control (0 open, 1 shut).
 
 A missing ``au.csv`` means no eye channel (said once per dataset); a bad one is a one-line
-:class:`~sahs_nerfstudio.data.format_error.FormatError` naming the file, the column and the row.
+:class:`~sahs_nerfstudio.errors.FormatError` naming the file, the column and the row.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from jaxtyping import Float
 
-from sahs_nerfstudio.data.format_error import FormatError
+from sahs_nerfstudio.errors import FormatError
 
 AU_CSV = Path("au.csv")
 """The eye track's file name in an AD-NeRF dataset root (OpenFace's output name)."""

@@ -20,7 +20,7 @@ from jaxtyping import Float
 from PIL import Image
 
 from sahs_nerfstudio.data import json_fields as jf
-from sahs_nerfstudio.data.format_error import FormatError
+from sahs_nerfstudio.errors import FormatError
 
 __all__ = ["FormatError"]
 

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 from jaxtyping import Float
 
-from sahs_nerfstudio.data.format_error import FormatError
+from sahs_nerfstudio.errors import FormatError
 
 MISSING = "it missing"
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int, UInt8
 
-from sahs_nerfstudio.data.format_error import FormatError
+from sahs_nerfstudio.errors import FormatError
 
 CLASS_NAMES: Tuple[str, ...] = (
     "background",

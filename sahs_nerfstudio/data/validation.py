@@ -14,7 +14,7 @@ from typing import Optional, Sequence, Tuple
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from sahs_nerfstudio.data import formats
-from sahs_nerfstudio.data.format_error import FormatError
+from sahs_nerfstudio.errors import FormatError
 
 FRAME_MODES = {("R", "G", "B"): "RGB", ("L",): "greyscale", ("P",): "palette colour"}
 """Image kinds a frame may be (all frames alike): what Pillow decodes losslessly to R, G, B without an alpha

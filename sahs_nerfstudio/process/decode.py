@@ -17,7 +17,7 @@ import numpy as np
 from jaxtyping import UInt8
 
 from sahs_nerfstudio.data.audio import FEATURE_SAMPLE_RATE
-from sahs_nerfstudio.data.formats import FormatError
+from sahs_nerfstudio.errors import FormatError
 from sahs_nerfstudio.process.images import write_jpeg
 
 

@@ -26,7 +26,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 from jaxtyping import Float
 
-from sahs_nerfstudio.data.formats import FormatError
+from sahs_nerfstudio.errors import FormatError
 from sahs_nerfstudio.process.decode import decode_audio, resampled_frames, square_crop_resize, video_start
 from sahs_nerfstudio.process.expression import EYE_CHANNELS, ExpressionBasis, normalised_meshes
 from sahs_nerfstudio.process.face_mesh import NUM_POINTS, MeshTracker

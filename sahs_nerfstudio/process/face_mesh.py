@@ -24,7 +24,7 @@ from typing import Any, List, Optional, Tuple
 import numpy as np
 from jaxtyping import Float, UInt8
 
-from sahs_nerfstudio.data.formats import FormatError
+from sahs_nerfstudio.errors import FormatError
 
 NUM_POINTS = 478
 """Mesh vertices with the irises."""

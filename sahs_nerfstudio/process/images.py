@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 from jaxtyping import Int, UInt8
 
-from sahs_nerfstudio.data.formats import FormatError
+from sahs_nerfstudio.errors import FormatError
 
 try:  # ISA-L's deflate is ~4x zlib's at level 1 with a smaller output; the stream format is zlib's.
     from isal import isal_zlib as _deflate

@@ -20,7 +20,8 @@ import numpy as np
 import tyro
 
 from sahs_nerfstudio.data import semantics as sem
-from sahs_nerfstudio.data.formats import FormatError, write_rgb
+from sahs_nerfstudio.data.formats import write_rgb
+from sahs_nerfstudio.errors import FormatError
 from sahs_nerfstudio.process import audio as pau
 from sahs_nerfstudio.process import background as bgm
 from sahs_nerfstudio.process import decode as dec

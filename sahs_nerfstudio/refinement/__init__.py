@@ -5,7 +5,7 @@ Modules, one job each: :mod:`.networks` (the refiner), :mod:`.io` (frame folders
 :mod:`.inference` (refining frames and videos), :mod:`.evaluation` (before/after metrics),
 :mod:`.stage_one` (Stage-I renders of a trained SAHS run), :mod:`.runtime` (device, progress bar),
 :mod:`.pipeline` (all of Stage II on a trained run in one call: :func:`run_stage_two`).
-Bad input raises :class:`~sahs_nerfstudio.data.formats.FormatError`.
+Bad input raises :class:`~sahs_nerfstudio.errors.FormatError`.
 """
 
 from sahs_nerfstudio.refinement.checkpoints import find_latest_checkpoint, read_checkpoint

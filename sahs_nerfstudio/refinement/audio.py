@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from jaxtyping import Float
 
-from sahs_nerfstudio.data.formats import FormatError
+from sahs_nerfstudio.errors import FormatError
 
 
 def load_audio_windows(path: Path, window: int, audio_dim: int) -> Float[np.ndarray, "N window C"]:

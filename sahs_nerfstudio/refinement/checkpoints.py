@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from sahs_nerfstudio.data.formats import FormatError
+from sahs_nerfstudio.errors import FormatError
 from sahs_nerfstudio.refinement.networks import RefinerNetworkConfig
 
 CHECKPOINT_FORMAT = "sahs-refiner"

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from sahs_nerfstudio.data.formats import FormatError
+from sahs_nerfstudio.errors import FormatError
 from sahs_nerfstudio.refinement.audio import assign_audio_rows
 from sahs_nerfstudio.refinement.inference import audio_windows_for, load_refiner
 from sahs_nerfstudio.refinement.io import load_image, pair_frames

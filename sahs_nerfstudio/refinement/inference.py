@@ -13,8 +13,7 @@ from jaxtyping import Float
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
-from sahs_nerfstudio.data.formats import FormatError
-from sahs_nerfstudio.errors import flag_error
+from sahs_nerfstudio.errors import FormatError, flag_error
 from sahs_nerfstudio.refinement.audio import assign_audio_rows, check_audio_row, load_audio_windows
 from sahs_nerfstudio.refinement.checkpoints import network_config_from_dict, read_checkpoint
 from sahs_nerfstudio.refinement.io import VIDEO_SUFFIXES, list_images, load_image, save_png

@@ -18,7 +18,8 @@ import torch
 from jaxtyping import Float, UInt8
 from torch import Tensor
 
-from sahs_nerfstudio.data.formats import FormatError, image_size, read_rgb, write_rgb
+from sahs_nerfstudio.data.formats import image_size, read_rgb, write_rgb
+from sahs_nerfstudio.errors import FormatError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")

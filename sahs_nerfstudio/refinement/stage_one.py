@@ -9,7 +9,7 @@ from typing import Any, Literal
 import torch
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from sahs_nerfstudio.data.formats import FormatError
+from sahs_nerfstudio.errors import FormatError
 from sahs_nerfstudio.refinement.io import save_png
 from sahs_nerfstudio.refinement.runtime import progress_bar
 from sahs_nerfstudio.utils.images import to_uint8

@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
-from sahs_nerfstudio.data.formats import FormatError
-from sahs_nerfstudio.errors import flag_error
+from sahs_nerfstudio.errors import FormatError, flag_error
 from sahs_nerfstudio.refinement.audio import assign_audio_rows, load_audio_windows
 from sahs_nerfstudio.refinement.checkpoints import (
     CHECKPOINT_FORMAT,

@@ -23,7 +23,7 @@ from nerfstudio.pipelines.base_pipeline import Pipeline
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from sahs_nerfstudio.data import keys
-from sahs_nerfstudio.data.formats import ADNERF_AUDIO, EXPRESSION_BASIS, FormatError
+from sahs_nerfstudio.data.formats import ADNERF_AUDIO, EXPRESSION_BASIS
 from sahs_nerfstudio.data.pose import pose_code
 from sahs_nerfstudio.driving import (
     VIDEO_SUFFIXES,
@@ -35,7 +35,7 @@ from sahs_nerfstudio.driving import (
     load_driver,
     load_video_driver,
 )
-from sahs_nerfstudio.errors import flag_error
+from sahs_nerfstudio.errors import FormatError, flag_error
 from sahs_nerfstudio.rendering.camera_paths import CAMERA_PATHS, CameraPath, camera_path
 from sahs_nerfstudio.rendering.common import Split, render_progress, sahs_model, split_dataset
 from sahs_nerfstudio.utils.images import to_uint8

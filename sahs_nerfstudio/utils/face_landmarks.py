@@ -26,7 +26,7 @@ import torch
 from jaxtyping import Float, UInt8
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from sahs_nerfstudio.data.formats import FormatError
+from sahs_nerfstudio.errors import FormatError
 
 # iBUG 68-point groups.
 JAW = tuple(range(0, 17))

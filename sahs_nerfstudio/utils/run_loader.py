@@ -26,7 +26,7 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import Pipeline
 
 from sahs_nerfstudio.compat.checkpoints import allow_nerfstudio_checkpoints
-from sahs_nerfstudio.data.formats import FormatError
+from sahs_nerfstudio.errors import FormatError
 
 TestMode = Literal["test", "val", "inference"]
 

@@ -372,8 +372,8 @@ class AvatarControls(nn.Module):
     def load_driver(self, path: str | Path | None = None) -> bool:
         """Load a driver clip (the Driver clip field's path when ``path`` is None) for the driver-clip mode; a
         file that cannot drive this model is one printed line and keeps the clip loaded before."""
-        from sahs_nerfstudio.data.formats import FormatError
         from sahs_nerfstudio.driving import VIDEO_SUFFIXES, check_driver, load_driver, load_video_driver
+        from sahs_nerfstudio.errors import FormatError
 
         path = Path(str(self.el06_driver_path.value if path is None else path))  # type: ignore[attr-defined]
         kind = "audio" if self.driver_kind == "audio" else "expression"

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from sahs_nerfstudio.data.formats import FormatError
-from sahs_nerfstudio.errors import flag_error
+from sahs_nerfstudio.errors import FormatError, flag_error
 
 LayoutName = Literal["nerface", "adnerf"]
 
