@@ -165,7 +165,9 @@ def test_training_lowers_loss(trained: dict, learned) -> None:
     assert [r["epoch"] for r in log] == [1, 2, 3, 4, 5, 6]
     assert log[-1]["lr"] == pytest.approx(2e-3 / 3)
     # only the latest and the best checkpoint are kept, and no temporary files are left behind
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "epoch-0006.ckpt"]
+    # each with the SHA-256 the one checkpoint writer records (older epochs pruned with theirs)
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == ["best.ckpt", "best.ckpt.sha256", "epoch-0006.ckpt", "epoch-0006.ckpt.sha256"]
     result = trained["result"]
     assert result.latest_checkpoint.name == "epoch-0006.ckpt" and result.checkpoint.name == "best.ckpt"
     # validation: the last of the 6 pairs, scored at epoch 0 (the identity) and after every epoch
@@ -630,3 +632,19 @@ def test_early_stopping_and_time_budget(tmp_path: Path) -> None:
     )
     quick = train_refiner(renders, gts, tmp_path / "quick", _config(epochs=6, time_budget_s=1e-6), show_progress=False)
     assert quick.epochs_run == 1
+
+
+def test_a_refiner_checkpoint_changed_since_it_was_saved_is_named(trained: dict, tmp_path: Path) -> None:
+    """Refiner checkpoints go through the project's one checkpoint writer: a file cut short after saving fails its
+    recorded checksum with one line, before any unpickling."""
+    import shutil
+
+    best = trained["result"].checkpoint
+    copy = tmp_path / best.name
+    shutil.copy(best, copy)
+    shutil.copy(best.with_name(best.name + ".sha256"), tmp_path / (best.name + ".sha256"))
+    read_checkpoint(copy)  # intact
+    copy.write_bytes(copy.read_bytes()[:-100])
+    with pytest.raises(FormatError, match=r"best\.ckpt: field '<sha256>': expected [0-9a-f]{16}\.\.\. as recorded"):
+        read_checkpoint(copy)
+

@@ -1,13 +1,13 @@
 """Refiner checkpoints: ``<output>/checkpoints/epoch-NNNN.ckpt``, written atomically, validated on read.
 
-Each epoch's checkpoint is written to a temporary file and renamed, so an interruption never leaves
-a broken one and training resumes from the latest. A checkpoint holds the network config and the
+Each epoch's checkpoint is written by the project's one checkpoint writer
+(:func:`~sahs_nerfstudio.checkpoint_io.write_checkpoint`: temporary file, fsync, SHA-256, rename, a full disk named in
+one line), so an interruption never leaves a broken one and training resumes from the latest. A checkpoint holds the network config and the
 identity photo, so refining needs only the checkpoint.
 """
 
 from __future__ import annotations
 
-import os
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from sahs_nerfstudio.checkpoint_io import PARTIAL_SUFFIX, digest_path, verify_checkpoint
 from sahs_nerfstudio.errors import FormatError
 from sahs_nerfstudio.refinement.networks import RefinerNetworkConfig
 
@@ -44,24 +45,19 @@ def best_checkpoint_path(output_dir: Path) -> Path:
 
 
 def remove_stale_temporaries(output_dir: Path) -> None:
-    """Deletes the temporary files an interrupted :func:`save_checkpoint` left behind."""
-    for stale in checkpoint_dir(output_dir).glob(".*.ckpt.tmp"):
+    """Deletes the partial files an interrupted save left behind (checkpoints are written by
+    :func:`~sahs_nerfstudio.checkpoint_io.write_checkpoint`: temporary file, fsync, checksum, rename)."""
+    folder = checkpoint_dir(output_dir)
+    for stale in [*folder.glob(f"*{PARTIAL_SUFFIX}"), *folder.glob(".*.ckpt.tmp")]:  # (.tmp: the writer before checksums)
         stale.unlink(missing_ok=True)
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """``torch.save`` to a temporary file in the same folder, then an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
 def prune_checkpoints(output_dir: Path, keep: int) -> None:
-    """Keeps the ``keep`` most recent checkpoints."""
+    """Keeps the ``keep`` most recent per-epoch checkpoints (with their checksums)."""
     ckpts = sorted(checkpoint_dir(output_dir).glob("epoch-*.ckpt"))
     for old in ckpts[: max(0, len(ckpts) - keep)]:
         old.unlink(missing_ok=True)
+        digest_path(old).unlink(missing_ok=True)
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -69,6 +65,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FormatError(path, "--checkpoint", "a refiner checkpoint", "a folder" if path.is_dir() else "no such file")
+    verify_checkpoint(path)  # its recorded SHA-256: a file cut short or changed since is named as such
     if not zipfile.is_zipfile(path):
         raise FormatError(path, "--checkpoint", "a refiner checkpoint", "not a torch.save file")
     try:

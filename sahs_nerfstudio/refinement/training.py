@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
+from sahs_nerfstudio.checkpoint_io import write_checkpoint
 from sahs_nerfstudio.errors import FormatError, flag_error
 from sahs_nerfstudio.refinement.audio import assign_audio_rows, load_audio_windows
 from sahs_nerfstudio.refinement.checkpoints import (
@@ -30,7 +31,6 @@ from sahs_nerfstudio.refinement.checkpoints import (
     prune_checkpoints,
     read_checkpoint,
     remove_stale_temporaries,
-    save_checkpoint,
 )
 from sahs_nerfstudio.refinement.io import FramePair, load_image, pair_frames
 from sahs_nerfstudio.refinement.networks import RefinerNetwork, RefinerNetworkConfig
@@ -333,7 +333,7 @@ def train_refiner(
         # the untrained residual refiner is the identity: the score to beat is the Stage-I renders' own
         val_psnrs.append(validate(model))
         best_epoch = 0
-        save_checkpoint(best_path, payload(0))
+        write_checkpoint(payload(0), best_path)
     if state is not None:
         CONSOLE.print(f"Resuming from {latest} (epoch {start_epoch}/{total})")
     if start_epoch >= total or _out_of_patience(config, val_psnrs, best_epoch, start_epoch):
@@ -393,9 +393,9 @@ def train_refiner(
                 record["val_psnr"] = val_psnrs[-1]
                 if best_epoch is None or val_psnrs[-1] > max(val_psnrs[:-1], default=-math.inf):
                     best_epoch = epoch + 1
-                    save_checkpoint(best_path, payload(epoch + 1))
+                    write_checkpoint(payload(epoch + 1), best_path)
             latest_ckpt = checkpoint_path(output_dir, epoch + 1)
-            save_checkpoint(latest_ckpt, payload(epoch + 1))
+            write_checkpoint(payload(epoch + 1), latest_ckpt)
             prune_checkpoints(output_dir, config.keep_checkpoints)
             record["seconds"] = round(time.time() - t0, 3)
             with open(log_path, "a") as f:
