@@ -34,6 +34,6 @@ gpu-check: setup
 	bash benchmarks/gpu_check.sh $(GPU_CHECK_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check sahs_nerfstudio tests
-	$(VENV)/bin/ruff format --check sahs_nerfstudio tests
+	$(VENV)/bin/ruff check sahs_nerfstudio tests benchmarks
+	$(VENV)/bin/ruff format --check sahs_nerfstudio tests benchmarks
 	$(VENV)/bin/pyright

@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import datetime
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-
-from bench_config import BenchmarkConfig, run_name  # noqa: E402
-from bench_report import kept_sections, render_markdown, write_outputs  # noqa: E402
-from bench_stats import compare, stat  # noqa: E402
+from bench_config import BenchmarkConfig, run_name
+from bench_report import kept_sections, render_markdown, write_outputs
+from bench_stats import compare, stat
 
 
 def _run(row: str, seed: int, psnr: float, mouth: float) -> dict[str, Any]:

@@ -4,16 +4,12 @@ arrays built here, each with one right answer; nothing reads ``../shared`` (a us
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-
-from real_metrics import (  # noqa: E402
+from real_metrics import (
     SplitImages,
     baselines,
     best_frame,
@@ -25,11 +21,11 @@ from real_metrics import (  # noqa: E402
     rotation_accelerations_deg,
     stage_cpu_ms_per_frame,
 )
-from real_video import render_markdown, table_row  # noqa: E402
+from real_video import render_markdown, table_row
 
-from sahs_nerfstudio.process.images import write_png  # noqa: E402
-from sahs_nerfstudio.process.pose import rodrigues  # noqa: E402
-from sahs_nerfstudio.utils.metrics import psnr  # noqa: E402
+from sahs_nerfstudio.process.images import write_png
+from sahs_nerfstudio.process.pose import rodrigues
+from sahs_nerfstudio.utils.metrics import psnr
 
 
 def _c2w(angle_deg: float, t: tuple[float, float, float]) -> np.ndarray:

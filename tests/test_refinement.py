@@ -647,4 +647,3 @@ def test_a_refiner_checkpoint_changed_since_it_was_saved_is_named(trained: dict,
     copy.write_bytes(copy.read_bytes()[:-100])
     with pytest.raises(FormatError, match=r"best\.ckpt: field '<sha256>': expected [0-9a-f]{16}\.\.\. as recorded"):
         read_checkpoint(copy)
-

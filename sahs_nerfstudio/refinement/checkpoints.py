@@ -48,7 +48,10 @@ def remove_stale_temporaries(output_dir: Path) -> None:
     """Deletes the partial files an interrupted save left behind (checkpoints are written by
     :func:`~sahs_nerfstudio.checkpoint_io.write_checkpoint`: temporary file, fsync, checksum, rename)."""
     folder = checkpoint_dir(output_dir)
-    for stale in [*folder.glob(f"*{PARTIAL_SUFFIX}"), *folder.glob(".*.ckpt.tmp")]:  # (.tmp: the writer before checksums)
+    for stale in [
+        *folder.glob(f"*{PARTIAL_SUFFIX}"),
+        *folder.glob(".*.ckpt.tmp"),
+    ]:  # (.tmp: the writer before checksums)
         stale.unlink(missing_ok=True)
 
 

@@ -372,17 +372,21 @@ class AvatarControls(nn.Module):
     def load_driver(self, path: str | Path | None = None) -> bool:
         """Load a driver clip (the Driver clip field's path when ``path`` is None) for the driver-clip mode; a
         file that cannot drive this model is one printed line and keeps the clip loaded before."""
+        from sahs_nerfstudio.data.audio import CHANNELS as AUDIO_CHANNELS
+        from sahs_nerfstudio.data.audio import WINDOW as AUDIO_WINDOW_SIZE
         from sahs_nerfstudio.driving import VIDEO_SUFFIXES, check_driver, load_driver, load_video_driver
         from sahs_nerfstudio.errors import FormatError
 
         path = Path(str(self.el06_driver_path.value if path is None else path))  # type: ignore[attr-defined]
         kind = "audio" if self.driver_kind == "audio" else "expression"
-        window = {} if self.audio_window is None else dict(window=self.audio_window[0], channels=self.audio_window[1])
+        window, channels = self.audio_window if self.audio_window is not None else (AUDIO_WINDOW_SIZE, AUDIO_CHANNELS)
         try:
             if path.suffix.lower() in VIDEO_SUFFIXES:
-                seq = load_video_driver(path, kind, self.basis_file, skip_missing=True, **window)
+                seq = load_video_driver(
+                    path, kind, self.basis_file, window=window, channels=channels, skip_missing=True
+                )
             else:
-                seq = load_driver(path, **window)
+                seq = load_driver(path, window=window, channels=channels)
             rows = np.asarray(seq.rows, dtype=np.float32)
             if self.driver_spec is not None:
                 check_driver(seq, self.driver_spec)  # here, not in the render thread: one line, the old clip kept
