@@ -30,8 +30,8 @@ fix their order on the panel:
   puts them back at the mean expression.
 * **Render frames/s** (read only): the rate of the viewer's last frame, ``1 / seconds`` of the model's
   ``get_outputs_for_camera`` for it, with the frame's size (the viewer renders small while the camera moves).
-  nerfstudio's viewer has no render hook, so when it sets the panel up (:class:`FrameCameraControl`) the
-  model's ``get_outputs_for_camera`` is wrapped (:func:`time_viewer_renders`); only calls from the viewer's
+  nerfstudio's viewer has no render hook, so when it sets the panel up (:class:`~sahs_nerfstudio.viewer.camera_sync.FrameCameraControl`) the
+  model's ``get_outputs_for_camera`` is wrapped (:func:`~sahs_nerfstudio.viewer.camera_sync.time_viewer_renders`); only calls from the viewer's
   render threads are timed, so evaluation and ``sahs-render`` frames never show up there.
 
 The model asks :meth:`AvatarControls.driving_code` and :meth:`AvatarControls.pose` only for cameras
@@ -45,9 +45,6 @@ the control values and rebuilds fresh, uninstalled elements.
 
 from __future__ import annotations
 
-import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,7 +55,6 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.viewer.viewer_elements import (
     ViewerButton,
     ViewerCheckbox,
-    ViewerControl,
     ViewerDropdown,
     ViewerElement,
     ViewerParameter,
@@ -67,11 +63,10 @@ from nerfstudio.viewer.viewer_elements import (
 )
 from torch import Tensor, nn
 
-from sahs_nerfstudio.compat.viser_camera import camera_reported
+from sahs_nerfstudio.viewer.camera_sync import FrameCameraControl
+from sahs_nerfstudio.viewer.expression_pca import NUM_COMPONENTS, expression_pca
 
 if TYPE_CHECKING:
-    from nerfstudio.viewer.viewer import Viewer
-
     from sahs_nerfstudio.models.sahs_model import SAHSModel
 
 VIEWER_TIME = "viewer time"
@@ -80,49 +75,9 @@ EXPRESSION_SLIDERS = "expression sliders"
 AUDIO_WINDOW = "audio window"
 DRIVER_CLIP = "driver clip"
 
-NUM_COMPONENTS = 8
-"""Principal components of the training expressions offered as sliders."""
 SLIDER_RANGE = 3.0
 """The component sliders span +-3 standard deviations."""
 SLIDER_STEP = 0.01
-MIN_EXPLAINED = 0.005
-"""Components explaining less than this share of the variance get no slider."""
-VISER_SCALE = 10.0
-"""nerfstudio's ``VISER_NERFSTUDIO_SCALE_RATIO``: viewer units per world unit."""
-
-
-@dataclass
-class ExpressionPCA:
-    """Principal components of a set of expression codes."""
-
-    mean: Float[Tensor, " D"]
-    components: Float[Tensor, "K D"]
-    """Unit directions, largest variance first."""
-    std: Float[Tensor, " K"]
-    """Standard deviation of the codes along each component."""
-    explained: Float[Tensor, " K"]
-    """Fraction of the total variance each component explains."""
-
-
-def expression_pca(codes: Float[Tensor, "N D"], num_components: int = NUM_COMPONENTS) -> ExpressionPCA:
-    """PCA of ``codes`` (float64 SVD); components with no variance are dropped."""
-    x = codes.detach().double().cpu()
-    mean = x.mean(dim=0)
-    n, dim = x.shape
-    if n < 2:
-        empty = torch.zeros(0, dtype=torch.float32)
-        return ExpressionPCA(mean.float(), torch.zeros(0, dim), empty, empty)
-    _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
-    var = s**2 / (n - 1)
-    total = float(var.sum())
-    keep = int((var > total * MIN_EXPLAINED).sum()) if total > 0 else 0
-    keep = min(keep, num_components)
-    return ExpressionPCA(
-        mean=mean.float(),
-        components=vh[:keep].float(),
-        std=var[:keep].sqrt().float(),
-        explained=(var[:keep] / max(total, 1e-30)).float(),
-    )
 
 
 class ViewerReadout(ViewerText):
@@ -530,92 +485,6 @@ class AvatarControls(nn.Module):
         values = state.pop("_element_values", {})
         super().__setstate__(state)
         self._build_elements(values)
-
-
-class FrameCameraControl(ViewerControl):
-    """Puts the viewer's camera where a training camera was (new clients start at the frame slider's)."""
-
-    def __init__(self, controls: AvatarControls) -> None:
-        self.controls = controls
-        self.viewer: Viewer | None = None
-
-    def _setup(self, viewer: "Viewer") -> None:
-        super()._setup(viewer)
-        self.viser_server.on_client_connect(self._on_connect)
-        time_viewer_renders(viewer.get_model(), self.controls)
-
-    def _on_connect(self, client: Any) -> None:
-        # The client's camera is unknown until it reports it; wait for that off the server's thread.
-        def wait_then_look() -> None:
-            for _ in range(200):
-                if camera_reported(client.camera):
-                    self.look_through(self.controls.frame_index(), [client])
-                    return
-                time.sleep(0.05)
-
-        threading.Thread(target=wait_then_look, daemon=True).start()
-
-    def look_through(self, frame: int, clients: list[Any] | None = None) -> None:
-        """Move the viewer camera of ``clients`` (all by default) to training camera ``frame``."""
-        if self.viewer is None:
-            return
-        cameras = self.viewer.pipeline.datamanager.train_dataset.cameras  # type: ignore[union-attr]
-        frame = min(max(frame, 0), len(cameras) - 1)
-        c2w = cameras.camera_to_worlds[frame].detach().cpu().double().numpy()
-        height = float(cameras.height[frame, 0])
-        fov = float(2.0 * np.arctan(height / (2.0 * abs(float(cameras.fy[frame, 0])))))
-        position = c2w[:3, 3] * VISER_SCALE
-        forward = -c2w[:3, 2]  # nerfstudio cameras look along -z, y up
-        for client in clients if clients is not None else list(self.viser_server.get_clients().values()):
-            if not camera_reported(client.camera):
-                continue
-            with client.atomic():
-                client.camera.up_direction = c2w[:3, 1]
-                client.camera.position = position
-                client.camera.look_at = position + forward * VISER_SCALE * 0.5
-                client.camera.fov = fov
-
-
-class TimedViewerRender:
-    """A model's ``get_outputs_for_camera`` that, called from one of the viewer's render threads, reports its
-    time to the panel (:meth:`AvatarControls.record_render`); any other caller gets the plain call."""
-
-    def __init__(self, render: Any, controls: AvatarControls) -> None:
-        self.render = render
-        self.controls = controls
-
-    def __call__(self, camera: Any, obb_box: Any = None) -> dict[str, Tensor]:
-        """Render ``camera`` as the model does, timing it when the viewer asked."""
-        if not _in_viewer_render_thread():
-            return self.render(camera, obb_box=obb_box)
-        start = time.perf_counter()
-        outputs = self.render(camera, obb_box=obb_box)
-        device = camera.camera_to_worlds.device
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)  # the GPU's queued work belongs to this frame's time
-        seconds = time.perf_counter() - start
-        self.controls.record_render(seconds, int(camera.width.flatten()[0]), int(camera.height.flatten()[0]))
-        return outputs
-
-
-def _in_viewer_render_thread() -> bool:
-    """Whether the caller is one of the viewer's render threads (one per browser client)."""
-    from nerfstudio.viewer.render_state_machine import RenderStateMachine
-
-    return isinstance(threading.current_thread(), RenderStateMachine)
-
-
-def time_viewer_renders(model: Any, controls: AvatarControls) -> TimedViewerRender:
-    """Wrap ``model.get_outputs_for_camera`` (on the instance; the class is untouched) so that the viewer's
-    renders show their frames/s on ``controls``; calling it again only points the wrapper at ``controls``."""
-    current = model.__dict__.get("get_outputs_for_camera")
-    if isinstance(current, TimedViewerRender):
-        current.controls = controls
-        return current
-    timed = TimedViewerRender(model.get_outputs_for_camera, controls)
-    # nerfstudio's render thread calls model.get_outputs_for_camera: an instance attribute is found first.
-    model.get_outputs_for_camera = timed
-    return timed
 
 
 def attach_avatar_controls(model: "SAHSModel", basis_file: Path | None = None) -> AvatarControls:
