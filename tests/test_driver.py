@@ -22,8 +22,11 @@ SPEECH = Path(__file__).parent / "data" / "speech.wav"
 SIZE = 256
 WIDE_MOUTH = 14.0
 """The trained-avatar tests' largest mouth opening, pixels of the photo (the moving photo's default is 8)."""
-MOUTH_FOLLOWS = 0.6
-"""Bound on the correlation of the driven avatar's mouth with the driver's (measured values: tests/README.md)."""
+MOUTH_FOLLOWS = 0.5
+"""Bound on the correlation of the driven avatar's mouth with the driver's over :data:`DRIVER_FRAMES` frames (measured
+values: tests/README.md). Chance alone (a transfer that ignores the driver) passes it about once in 2,000 at 40
+frames; the old 0.3 over 20 frames passed one time in ten."""
+DRIVER_FRAMES = 40
 
 
 def _speech(seconds: float) -> np.ndarray:
@@ -273,13 +276,13 @@ def test_sahs_render_drives_a_trained_avatar_with_a_video(tmp_path, photo_avatar
 def test_a_trained_avatars_mouth_follows_a_drivers_mouth(tmp_path, photo_avatar, learned):
     """Driven by another clip whose mouth opens by a known warp, the rendered mouth darkens as the driver's opens.
     (With the 8-px mouth of the other tests and 512 rays it measured 0.13 after 300 steps and 0.57 after 1,000: the
-    avatar has to learn the mouth first.) Over 20 frames, chance alone passes a correlation of 0.3 about one time in
-    ten and 0.6 about one in 2,000; the bound sits below the worst of 3 seeds x 1 and 2 threads (tests/README.md)."""
+    avatar has to learn the mouth first.) The bound (:data:`MOUTH_FOLLOWS`) sits below the worst of 3 seeds x 1 and 2
+    threads (tests/README.md)."""
     import av
 
     from sahs_nerfstudio.scripts.render import run as render
 
-    driver = _video(tmp_path / "driver.mp4", seed=5, frames=20, max_mouth=WIDE_MOUTH)
+    driver = _video(tmp_path / "driver.mp4", seed=5, frames=DRIVER_FRAMES, max_mouth=WIDE_MOUTH)
     out = tmp_path / "driven.mp4"
     args = ["--load-config", str(photo_avatar), "--driver", str(tmp_path / "driver.mp4")]
     assert render(args + ["--cameras", "frame", "--output", str(out)]) == 0
@@ -289,7 +292,7 @@ def test_a_trained_avatars_mouth_follows_a_drivers_mouth(tmp_path, photo_avatar,
     (x0, y0), (x1, y1) = lms[48:68].min(0).astype(int) - 2, lms[48:68].max(0).astype(int) + 3
     darkness = -frames[:, y0:y1, x0:x1].astype(np.float64).mean(axis=(1, 2, 3))
     learned.above(
-        "mouth darkness ~ driver mouth (correlation, 20 frames)",
+        "mouth darkness ~ driver mouth (correlation, 40 frames)",
         np.corrcoef(darkness, driver.mouth)[0, 1],
         MOUTH_FOLLOWS,
     )

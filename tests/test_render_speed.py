@@ -91,7 +91,8 @@ def test_occupancy_grid_skips_empty_space_and_changes_little(trained_fast, learn
     grid = trained_fast.occupancy_grid
     assert grid is not None and bool(grid.active) and int(grid.updates) >= 2
     assert grid.occupied_fraction() > 0.0
-    learned.below("occupied fraction of the grid", grid.occupied_fraction(), 0.8)
+    # measured 0.65-0.78 over seeds (tests/README.md): a grid that never found empty space would stay at 1
+    learned.below("occupied fraction of the grid", grid.occupied_fraction(), 0.9)
     with_grid, grid_points = _render_all(trained_fast, FastRenderConfig(enabled=False))
     trained_fast.config.occupancy.enabled = False
     try:

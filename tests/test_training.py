@@ -23,7 +23,7 @@ STEPS = 400
 PSNR_GAIN = 1.5
 MIOU_GAIN = 0.15
 MOUTH_CHANGE = 0.03
-BACKGROUND_SHARE = 0.25
+BACKGROUND_SHARE = 0.45
 
 
 def _train(data: Path, out: Path, steps: int, name: str, seed: int = 0, **kw):
