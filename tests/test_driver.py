@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import moving_photo as mp
 import numpy as np
 import pytest
 
 from sahs_nerfstudio.data.formats import EXPRESSION_BASIS
 from sahs_nerfstudio.errors import FormatError
-from sahs_nerfstudio.process import moving_photo as mp
 from sahs_nerfstudio.process.driver import check_faces, driver_codes, track_driver
 from sahs_nerfstudio.process.expression import ExpressionBasis, normalised_meshes
 from sahs_nerfstudio.process.shape import subject_shape
