@@ -392,6 +392,9 @@ def test_errors_and_compat_are_leaves_and_the_package_has_no_import_cycle():
 
     for module in graph:
         assert module not in reachable(module), f"import cycle through {module}"
+    # the models read per-camera conditioning from ray metadata, not from the dataparser
+    for module, imported in _package_imports("sahs_nerfstudio.models").items():
+        assert "sahs_nerfstudio.data.sahs_dataparser" not in imported, module
 
 
 def test_shared_conditioning_fields_are_declared_only_in_the_base():
