@@ -18,7 +18,7 @@ from bench_rows import STOCK_ROWS
 from bench_stats import Comparison, Stat, compare, failures, group_runs, metric
 
 KEPT_SECTIONS = ("## Preprocessing", "## Memory")
-"""Sections of BENCHMARKS.md written by other benchmarks (``sahs_nerfstudio.process.benchmark``,
+"""Sections of BENCHMARKS.md written by other benchmarks (``benchmarks/process_speed.py``,
 ``benchmarks/memory.py``): kept, after this benchmark's sections, when the file is rewritten."""
 
 MOUTH_TARGET_DB = 1.0

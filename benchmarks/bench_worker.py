@@ -16,6 +16,7 @@ from bench_rows import ROW_BUILDERS, STOCK_ROWS
 from sahs_nerfstudio.compat.stock_lpips import disable_stock_lpips
 from sahs_nerfstudio.presets import DEMO_FIT_AFTER
 from sahs_nerfstudio.schedule import BudgetSchedule
+from sahs_nerfstudio.utils.metrics import lpips_unavailable
 
 
 def run_row(cfg: BenchmarkConfig, row: str, seed: int, started: float) -> dict[str, Any]:
@@ -33,7 +34,7 @@ def run_row(cfg: BenchmarkConfig, row: str, seed: int, started: float) -> dict[s
             pass
     device = cfg.resolved_device()
     data = cfg.data_root() / cfg.layout
-    lpips_disabled = disable_stock_lpips() if row in STOCK_ROWS else False
+    lpips_disabled = disable_stock_lpips(lpips_unavailable) if row in STOCK_ROWS else False
     # A first guess at the schedule length; the first steps' speed sets the real one (_set_schedule_length).
     initial_steps = max(cfg.equal_steps, 100)
     config = ROW_BUILDERS[row](cfg, data, initial_steps)

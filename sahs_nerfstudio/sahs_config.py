@@ -54,7 +54,10 @@ class SAHSTrainerConfig(TrainerConfig):
     def get_checkpoint_dir(self) -> Path:
         # eval_setup (ns-eval, ns-render, ns-viewer) asks for the folder just before it loads, when
         # eval_utils and run_viewer are fully imported: the moment their hooks can be installed.
-        eval_checkpoint.install()
+        from sahs_nerfstudio.checkpoint_io import load_newest_checkpoint
+        from sahs_nerfstudio.utils.run_loader import is_sahs_config
+
+        eval_checkpoint.install(load_newest_checkpoint, is_sahs_config)
         return super().get_checkpoint_dir()
 
 

@@ -14,7 +14,7 @@ from nerfstudio.data.scene_box import SceneBox
 
 from sahs_nerfstudio.data import formats, keys
 from sahs_nerfstudio.data.sahs_dataparser import SAHSDataParserConfig
-from sahs_nerfstudio.driving import DrivingSequence, encode_sequence
+from sahs_nerfstudio.driving.sequence import DrivingSequence, encode_sequence
 from sahs_nerfstudio.models.sahs_model import SAHSModelConfig
 from sahs_nerfstudio.presets import tiny_model_config
 

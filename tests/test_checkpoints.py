@@ -251,6 +251,9 @@ def test_compat_eval_checkpoint_matches_installed_nerfstudio():
     main = inspect.getsource(run_viewer.RunViewer.main)
     assert main.index("config.viewer = self.viewer.as_viewer_config()") < main.index("_start_viewer(config")
     assert list(inspect.signature(run_viewer._start_viewer).parameters) == ["config", "pipeline", "step"]
-    eval_checkpoint.install()
+    from sahs_nerfstudio.checkpoint_io import load_newest_checkpoint
+    from sahs_nerfstudio.utils.run_loader import is_sahs_config
+
+    eval_checkpoint.install(load_newest_checkpoint, is_sahs_config)
     assert eval_utils.eval_load_checkpoint is eval_checkpoint.load_sahs_checkpoint
     assert run_viewer._start_viewer is eval_checkpoint._start_viewer_locally

@@ -26,6 +26,7 @@ from torch import nn
 
 from sahs_nerfstudio.compat import checkpoints, cpu_ddp, encodings, shared_tensor, viser_camera
 from sahs_nerfstudio.compat.shared_tensor import SharedVector
+from sahs_nerfstudio.kernels.hash_grid_torch import INSTANT_NGP_PRIMES
 
 # ----------------------------------------------------------------------------------------------
 # Versions
@@ -215,7 +216,7 @@ def test_hash_encoding_internals_and_the_class_swap():
     assert tuple(enc.hash_table.shape) == (3 * 256, enc.features_per_level)
     assert "return self.pytorch_fwd(in_tensor)" in inspect.getsource(HashEncoding.forward)
     cell = torch.tensor([[[3, 5, 7]] * 3])
-    p = encodings.INSTANT_NGP_PRIMES
+    p = INSTANT_NGP_PRIMES  # the reference hash (kernels/hash_grid_torch.py) must be nerfstudio's
     expected = [((3 * p[0]) ^ (5 * p[1]) ^ (7 * p[2])) % 256 + 256 * level for level in range(3)]
     assert enc.hash_fn(cell).flatten().tolist() == expected
 

@@ -183,7 +183,8 @@ def test_a_resumed_budget_run_continues_the_decay_instead_of_raising_the_rate(ti
 def test_demo_from_a_video_processes_trains_and_renders(tmp_path):
     """``sahs-demo --video``: sahs-process on a moving-photo video (the sahs-process tests' construction),
     then sahs-fast on its NeRFace layout, then the held-out render and its metrics."""
-    from sahs_nerfstudio.process import moving_photo as mp
+    import moving_photo as mp
+
     from sahs_nerfstudio.scripts.demo import DemoConfig, run
 
     truth = mp.make_motion(40, size=256, seed=0)

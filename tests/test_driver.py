@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import moving_photo as mp
 import numpy as np
 import pytest
 
 from sahs_nerfstudio.data.formats import EXPRESSION_BASIS
+from sahs_nerfstudio.driving.video import check_faces, driver_codes, track_driver
 from sahs_nerfstudio.errors import FormatError
-from sahs_nerfstudio.process import moving_photo as mp
-from sahs_nerfstudio.process.driver import check_faces, driver_codes, track_driver
 from sahs_nerfstudio.process.expression import ExpressionBasis, normalised_meshes
 from sahs_nerfstudio.process.shape import subject_shape
 
@@ -101,7 +101,7 @@ def test_the_drivers_own_resting_face_is_what_is_removed(tmp_path, subject_basis
 
 
 def test_frames_without_a_face_are_named_or_left_out_with_their_sound(tmp_path, subject_basis):
-    from sahs_nerfstudio.driving import load_video_driver
+    from sahs_nerfstudio.driving.sequence import load_video_driver
 
     video = tmp_path / "gap.mp4"
     _video(video, seed=2, frames=30, blank=[(10, 14)])
@@ -125,7 +125,7 @@ def test_frames_without_a_face_are_named_or_left_out_with_their_sound(tmp_path, 
 def test_the_drivers_head_turn_is_recovered_and_turns_the_camera(tmp_path):
     import torch
 
-    from sahs_nerfstudio.process.driver import head_rotations
+    from sahs_nerfstudio.driving.video import head_rotations
     from sahs_nerfstudio.rendering.camera_paths import head_turned_pose
 
     video = tmp_path / "turn.mp4"
@@ -153,7 +153,7 @@ def test_a_non_square_driver_is_posed_with_its_own_principal_point(tmp_path, mon
     """``crop="none"`` keeps a wide clip wide: the head poses are solved with the principal point at the centre of
     the frames the mesh was tracked in, not of a square of their height."""
 
-    from sahs_nerfstudio.process import driver as drv
+    from sahs_nerfstudio.driving import video as drv
     from sahs_nerfstudio.process import pose
 
     truth = mp.make_motion(12, size=SIZE, seed=3, max_angle_deg=4.0)
@@ -209,8 +209,8 @@ def _blinking_video(path: Path, frames: int = 30, shut: tuple[int, int] = (10, 1
 
 
 def test_a_drivers_blink_shuts_the_mapped_eyes_and_the_audio_models_eye_channel(tmp_path, subject_basis):
-    from sahs_nerfstudio.driving import load_video_driver
-    from sahs_nerfstudio.process.driver import eye_openness
+    from sahs_nerfstudio.driving.sequence import load_video_driver
+    from sahs_nerfstudio.driving.video import eye_openness
 
     video = tmp_path / "blink.mp4"
     _blinking_video(video)

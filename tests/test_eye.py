@@ -24,7 +24,7 @@ from sahs_nerfstudio.data import eye as eye_io
 from sahs_nerfstudio.data import keys
 from sahs_nerfstudio.data.sahs_dataparser import SAHSDataParserConfig
 from sahs_nerfstudio.data.synthetic import SUBJECT_FILE
-from sahs_nerfstudio.driving import driving_eyes
+from sahs_nerfstudio.driving.sequence import driving_eyes
 from sahs_nerfstudio.errors import FormatError
 from sahs_nerfstudio.fields.base import AMBIENT_KEY, DEFORMATION_KEY
 from sahs_nerfstudio.fields.fast_field import SAHSFastField, SAHSFastFieldConfig

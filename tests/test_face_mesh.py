@@ -108,8 +108,7 @@ def _small_face_video(path: Path, frames: int = 10) -> tuple[int, int, int]:
     """The astronaut's head and shoulders shrunk into the lower right of a 1280x720 frame; returns the
     placement (x, y, scale)."""
     import cv2
-
-    from sahs_nerfstudio.process.moving_photo import write_video
+    from moving_photo import write_video
 
     photo = data.astronaut()
     scale = 0.8
@@ -221,3 +220,16 @@ def test_mediapipe_is_installed_without_replacing_the_headless_opencv():
     files = importlib.metadata.distribution("opencv-python-headless").files or []
     cv2_init = Path(cv2.__file__).resolve()
     assert any(Path(str(f.locate())).resolve() == cv2_init for f in files)
+
+
+def test_the_stored_face_template_is_the_synthetic_neutral_face():
+    """The template poses are solved against is stored as data (no call into the synthetic generator at run time);
+    it must stay the generator's neutral face, which the demo subject wears."""
+    from types import SimpleNamespace
+
+    from sahs_nerfstudio.data.synthetic import CONTROL_NAMES, landmarks_3d
+    from sahs_nerfstudio.process.template import generic_template
+
+    neutral = SimpleNamespace(controls=np.zeros((1, len(CONTROL_NAMES))))
+    np.testing.assert_allclose(generic_template(), landmarks_3d(neutral, 0), atol=1e-8)  # type: ignore[arg-type]
+    assert not generic_template().flags.writeable

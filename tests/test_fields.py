@@ -366,13 +366,19 @@ def test_fast_field_does_not_reach_the_sahs_field_and_fields_have_no_import_cycl
         assert not {m for m in imported if m.startswith("sahs_nerfstudio.fields")}, module
 
 
-def test_errors_is_a_leaf_and_the_top_level_modules_have_no_import_cycle():
+def test_errors_and_compat_are_leaves_and_the_package_has_no_import_cycle():
     """``errors.py`` (FormatError and the one-line exit) imports nothing of the package, so every layer can raise
-    it; it used to import ``data.formats`` while ``data.synthetic.config`` imported it back."""
+    it; it used to import ``data.formats`` while ``data.synthetic.config`` imported it back. ``compat/`` used to
+    import ``checkpoint_io``, ``utils.run_loader`` and ``utils.metrics``."""
     graph = _package_imports("sahs_nerfstudio")
     assert graph["sahs_nerfstudio.errors"] == set()
+    # compat/ holds library workarounds only: it imports nothing of the package but the plain kernel function its
+    # encoding plugs in (the project's loaders and checks are passed to it)
+    for module, imported in _package_imports("sahs_nerfstudio.compat").items():
+        outside = {m for m in imported if not m.startswith("sahs_nerfstudio.compat")}
+        assert outside <= {"sahs_nerfstudio.kernels.hash_grid_torch"}, (module, outside)
     packages = ("data", "data.synthetic", "fields", "models", "samplers", "process", "rendering", "refinement", "utils")
-    for package in (*packages, "compat", "kernels", "viewer", "scripts"):
+    for package in (*packages, "compat", "kernels", "viewer", "scripts", "driving"):
         graph |= _package_imports(f"sahs_nerfstudio.{package}")
 
     def reachable(start: str) -> set[str]:
@@ -386,6 +392,9 @@ def test_errors_is_a_leaf_and_the_top_level_modules_have_no_import_cycle():
 
     for module in graph:
         assert module not in reachable(module), f"import cycle through {module}"
+    # the models read per-camera conditioning from ray metadata, not from the dataparser
+    for module, imported in _package_imports("sahs_nerfstudio.models").items():
+        assert "sahs_nerfstudio.data.sahs_dataparser" not in imported, module
 
 
 def test_shared_conditioning_fields_are_declared_only_in_the_base():

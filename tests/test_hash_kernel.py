@@ -60,6 +60,8 @@ def _values_and_grads(encoding, x: torch.Tensor, upstream: torch.Tensor):
 
 @pytest.mark.parametrize("grid", GRIDS, ids=["preset", "collisions", "four-features", "int64-table"])
 def test_kernel_equals_the_torch_reference_forward_and_backward(kernel, grid):
+    """``CompiledHashEncoding`` (the kernel) against ``TorchHashEncoding``, whose forward is the plain function
+    ``kernels.hash_grid_torch.hash_grid_torch``: values per level, table and position gradients."""
     ref, fast = _pair(grid)
     torch.manual_seed(1)
     x = torch.cat([torch.rand(3000, 3), _border_points(ref, 40)])

@@ -87,7 +87,7 @@ def test_stock_lpips_stub_targets_the_installed_libraries(tmp_path, monkeypatch)
     monkeypatch.setattr(torchmetrics.image.lpip, stock_lpips.CLASS_NAME, real)
     monkeypatch.setattr(torchmetrics.image, stock_lpips.CLASS_NAME, real)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # no AlexNet on disk
-    assert stock_lpips.disable_stock_lpips()
+    assert stock_lpips.disable_stock_lpips(metrics.lpips_unavailable)
     from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 
     stub = LearnedPerceptualImagePatchSimilarity(normalize=True)

@@ -6,8 +6,8 @@ import torch
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.scene_box import SceneBox
 
+from sahs_nerfstudio.data.camera_geometry import cameras_background_projection
 from sahs_nerfstudio.data.pose import pose_code
-from sahs_nerfstudio.data.sahs_dataparser import cameras_background_projection
 from sahs_nerfstudio.data.semantics import BACKGROUND, LIPS, NUM_CLASSES
 from sahs_nerfstudio.fields.sahs_field import SAHSFieldConfig
 from sahs_nerfstudio.models.sahs_model import SAHSModelConfig

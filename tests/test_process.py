@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import moving_photo as mp
 import numpy as np
 import pytest
 
 from sahs_nerfstudio.data import formats
-from sahs_nerfstudio.process import moving_photo as mp
 from sahs_nerfstudio.process.pipeline import ProcessConfig, run
 from sahs_nerfstudio.process.pose import camera_matrix, project, rodrigues
 

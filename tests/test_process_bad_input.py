@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import moving_photo as mp
 import numpy as np
 import pytest
 
-from sahs_nerfstudio.process import moving_photo as mp
 from sahs_nerfstudio.scripts.process import run
 
 SPEECH = Path(__file__).parent / "data" / "speech.wav"

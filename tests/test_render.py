@@ -25,7 +25,7 @@ from sahs_nerfstudio.data import formats
 from sahs_nerfstudio.data.sahs_dataparser import read_labels
 from sahs_nerfstudio.data.semantics import MOUTH_CLASSES
 from sahs_nerfstudio.data.synthetic import CONTROL_NAMES, SUBJECT_FILE
-from sahs_nerfstudio.driving import check_driver, load_driver
+from sahs_nerfstudio.driving.sequence import check_driver, load_driver
 from sahs_nerfstudio.errors import FormatError
 from sahs_nerfstudio.rendering import driven
 from sahs_nerfstudio.rendering.driven import render_driven_video

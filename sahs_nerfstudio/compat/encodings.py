@@ -21,7 +21,6 @@ Both classes subclass a nerfstudio 1.1.5 encoding and override its ``pytorch_fwd
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -29,11 +28,10 @@ from nerfstudio.field_components.encodings import HashEncoding, NeRFEncoding
 from nerfstudio.utils.math import expected_sin
 from torch import Tensor, nn
 
+from sahs_nerfstudio.kernels.hash_grid_torch import hash_grid_torch
+
 NERFSTUDIO_VERSION = "1.1.5"
 """The nerfstudio release whose encodings these subclasses override."""
-
-INSTANT_NGP_PRIMES = (1, 2654435761, 805459861)
-"""The per-axis primes of nerfstudio's ``HashEncoding.hash_fn`` (Instant-NGP's)."""
 
 
 class ExactNeRFEncoding(NeRFEncoding):
@@ -70,48 +68,31 @@ class ExactNeRFEncoding(NeRFEncoding):
 class TorchHashEncoding(HashEncoding):
     """nerfstudio's :class:`HashEncoding` with a faster torch path (tcnn, when used, is untouched).
 
-    Same table layout, hash (Instant-NGP primes, XOR, modulo the power-of-two table size) and trilinear weights,
-    so the values equal nerfstudio's ``pytorch_fwd`` to float rounding (``tests/test_fast.py``), in about half of
-    the time on a CPU: the per-axis products are hashed once per axis instead of once per corner, in 32-bit
-    integers when they fit (only the low ``log2_hashmap_size`` bits of each product matter), the corners are
-    gathered with ``index_select`` and blended with ``lerp``.
+    The math is :func:`~sahs_nerfstudio.kernels.hash_grid_torch.hash_grid_torch` (the compiled kernel's reference);
+    this class only plugs it into nerfstudio's encoding, relying on the attributes ``HashEncoding.__init__`` sets.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # read once here: reading the (device) buffer in every forward would sync a GPU at every call
-        self.max_scaling = float(self.scalings.max())
+    @property
+    def max_scaling(self) -> float:
+        """``scalings.max()``, read from the buffer once (reading a GPU buffer in every forward would sync the device
+        at every call); a property, not set in ``__init__``: :func:`use_fast_torch_hashing` swaps the class of
+        encodings that were built as nerfstudio's, so no ``__init__`` of this class ever ran for them."""
+        cached = self.__dict__.get("_max_scaling")
+        if cached is None:
+            cached = self.__dict__["_max_scaling"] = float(self.scalings.max())
+        return cached
 
     def pytorch_fwd(self, in_tensor: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs out_dim"]:
         shape = in_tensor.shape[:-1]
-        levels, size = self.num_levels, self.hash_table_size
-        mask = size - 1
-        scalings = self.scalings.to(in_tensor.device, in_tensor.dtype)
-        scaled = in_tensor.reshape(-1, 1, 3) * scalings.view(1, -1, 1)
-        floor = torch.floor(scaled)
-        frac = scaled - floor
-        primes = tuple(p & mask for p in INSTANT_NGP_PRIMES)
-        # (floor + 1) * prime must fit: int32 when it does, int64 otherwise.
-        small = (self.max_scaling + 2) * size < 2**31
-        cell = floor.int() if small else floor.long()
-        x0, y0, z0 = cell[..., 0], cell[..., 1] * primes[1], cell[..., 2] * primes[2]
-        x1, y1, z1 = x0 + 1, y0 + primes[1], z0 + primes[2]
-        offset = self.hash_offset.to(in_tensor.device).to(cell.dtype).view(1, levels)
-        table = self.hash_table
-
-        def corner(x: Tensor, y: Tensor, z: Tensor) -> Tensor:
-            index = ((x ^ y ^ z) & mask) + offset
-            # index_select (backward: index_add_) is several times faster on a CPU than advanced indexing.
-            # int64 indices: index_add_ (the backward) is ~9x slower with int32 ones.
-            return table.index_select(0, index.reshape(-1).long()).view(*index.shape, table.shape[-1])
-
-        wx, wy, wz = frac[..., 0:1], frac[..., 1:2], frac[..., 2:3]
-        c00 = torch.lerp(corner(x0, y0, z0), corner(x1, y0, z0), wx)
-        c10 = torch.lerp(corner(x0, y1, z0), corner(x1, y1, z0), wx)
-        c01 = torch.lerp(corner(x0, y0, z1), corner(x1, y0, z1), wx)
-        c11 = torch.lerp(corner(x0, y1, z1), corner(x1, y1, z1), wx)
-        out = torch.lerp(torch.lerp(c00, c10, wy), torch.lerp(c01, c11, wy), wz)
-        return out.reshape(*shape, levels * self.features_per_level)
+        out = hash_grid_torch(
+            in_tensor.reshape(-1, 3),
+            self.hash_table,
+            self.scalings,
+            self.hash_offset,
+            self.hash_table_size,
+            self.max_scaling,
+        )
+        return out.reshape(*shape, self.num_levels * self.features_per_level)
 
 
 def use_fast_torch_hashing(module: nn.Module, encoding: type[TorchHashEncoding] = TorchHashEncoding) -> None:

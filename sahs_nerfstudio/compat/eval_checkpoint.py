@@ -6,7 +6,8 @@ Two things nerfstudio 1.1.5 does not offer a hook for:
   loads ``sorted(os.listdir(load_dir))[-1]`` with ``torch.load`` through the module attribute
   ``eval_load_checkpoint``: a truncated newest checkpoint fails with ``EOFError``. For SAHS runs
   that attribute is replaced by :func:`load_sahs_checkpoint`, which verifies checksums and falls
-  back to the previous intact checkpoint (:func:`~sahs_nerfstudio.checkpoint_io.load_newest_checkpoint`).
+  back to the previous intact checkpoint (:func:`~sahs_nerfstudio.checkpoint_io.load_newest_checkpoint`, passed to
+  :func:`install`).
   Other methods' runs go to nerfstudio's own function.
 * ``nerfstudio.scripts.viewer.run_viewer.RunViewer.main`` replaces the run's viewer settings with
   its command line's, whose ``websocket_host`` defaults to ``0.0.0.0``: every interface. For SAHS
@@ -34,19 +35,20 @@ HOST_FLAGS = ("--viewer.websocket-host", "--viewer.websocket_host")
 
 _original_eval_load: Optional[Callable[..., Tuple[Path, int]]] = None
 _original_start_viewer: Optional[Callable[..., Any]] = None
+_load_newest: Optional[Callable[[Path, Optional[int]], Tuple[Path, Any]]] = None
+"""The project's verified-checkpoint loader (``checkpoint_io.load_newest_checkpoint``), given to :func:`install`."""
+_is_sahs: Optional[Callable[[Any], bool]] = None
+"""Whether a run's config is a SAHS run (``utils.run_loader.is_sahs_config``), given to :func:`install`."""
 
 
 def load_sahs_checkpoint(config: Any, pipeline: Any) -> Tuple[Path, int]:
     """``eval_load_checkpoint`` for SAHS runs: the newest verified checkpoint, else the previous one."""
     from nerfstudio.utils.rich_utils import CONSOLE
 
-    from sahs_nerfstudio.checkpoint_io import load_newest_checkpoint
-    from sahs_nerfstudio.utils.run_loader import is_sahs_config
-
-    if not is_sahs_config(config):
+    if _is_sahs is None or _load_newest is None or not _is_sahs(config):
         assert _original_eval_load is not None
         return _original_eval_load(config, pipeline)
-    path, state = load_newest_checkpoint(Path(config.load_dir), config.load_step)
+    path, state = _load_newest(Path(config.load_dir), config.load_step)
     pipeline.load_pipeline(state["pipeline"], state["step"])
     CONSOLE.print(f"Done loading checkpoint from {path}", markup=False, soft_wrap=True)
     return path, int(state["step"])
@@ -58,20 +60,20 @@ def user_named_host(argv: List[str]) -> bool:
 
 
 def _start_viewer_locally(config: Any, pipeline: Any, step: int) -> Any:
-    from sahs_nerfstudio.utils.run_loader import is_sahs_config
-
-    if is_sahs_config(config) and not user_named_host(sys.argv[1:]):
+    if _is_sahs is not None and _is_sahs(config) and not user_named_host(sys.argv[1:]):
         config.viewer.websocket_host = LOCAL_HOST
     assert _original_start_viewer is not None
     return _original_start_viewer(config, pipeline, step)
 
 
-def install() -> None:
-    """Route nerfstudio's checkpoint loading and ``ns-viewer``'s start through the functions above.
+def install(load_newest: Callable[[Path, Optional[int]], Tuple[Path, Any]], is_sahs: Callable[[Any], bool]) -> None:
+    """Route nerfstudio's checkpoint loading and ``ns-viewer``'s start through the functions above, with the
+    project's loader and run check passed in (``compat/`` imports nothing of the package).
 
     Idempotent, and a no-op for a module that is not (fully) imported yet.
     """
-    global _original_eval_load, _original_start_viewer
+    global _original_eval_load, _original_start_viewer, _load_newest, _is_sahs
+    _load_newest, _is_sahs = load_newest, is_sahs
     eval_utils = sys.modules.get("nerfstudio.utils.eval_utils")
     current = getattr(eval_utils, "eval_load_checkpoint", None)
     if current is not None and current is not load_sahs_checkpoint:

@@ -12,10 +12,9 @@ from weights on disk or not at all.
 from __future__ import annotations
 
 import sys
+from typing import Callable, Optional
 
 import torch
-
-from sahs_nerfstudio.utils.metrics import lpips_unavailable
 
 NERFSTUDIO_VERSION = "1.1.5"
 """The nerfstudio release whose models build LPIPS this way."""
@@ -35,8 +34,10 @@ class NoLPIPS(torch.nn.Module):
         return torch.tensor(float("nan"))
 
 
-def disable_stock_lpips() -> bool:
-    """When LPIPS cannot be computed offline, stub it out for the stock models of this process; True if so."""
+def disable_stock_lpips(lpips_unavailable: Callable[[], Optional[str]]) -> bool:
+    """When LPIPS cannot be computed offline (``lpips_unavailable()`` gives why: the project's
+    :func:`~sahs_nerfstudio.utils.metrics.lpips_unavailable`), stub it out for the stock models of this process; True
+    if so. The check is passed in: ``compat/`` imports nothing of the package."""
     if lpips_unavailable() is None:
         return False
     import torchmetrics.image

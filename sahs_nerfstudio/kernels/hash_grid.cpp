@@ -1,6 +1,6 @@
 // Fused multiresolution hash-grid encoding for the CPU: forward, and backward to the tables and the positions.
 //
-// The same function as sahs_nerfstudio.compat.encodings.TorchHashEncoding.pytorch_fwd (nerfstudio 1.1.5's
+// The same function as sahs_nerfstudio.kernels.hash_grid_torch.hash_grid_torch (nerfstudio 1.1.5's
 // HashEncoding): per level l, scaled = x * scaling[l]; the 8 corners floor(scaled) + {0,1}^3 are hashed with the
 // Instant-NGP primes (XOR of the per-axis products, modulo the power-of-two table size, plus the level's offset);
 // their features are blended trilinearly with weights from frac = scaled - floor(scaled). The torch version

@@ -27,8 +27,8 @@ from torch.nn import Parameter
 
 from sahs_nerfstudio.data import audio as audio_io
 from sahs_nerfstudio.data import keys
+from sahs_nerfstudio.data.camera_geometry import cameras_background_projection
 from sahs_nerfstudio.data.pose import POSE_DIM, pose_code
-from sahs_nerfstudio.data.sahs_dataparser import cameras_background_projection
 from sahs_nerfstudio.data.semantics import BACKGROUND, MOUTH_CLASSES, NUM_CLASSES, colorize
 from sahs_nerfstudio.fields.audio_encoder import AudioEncoder, AudioEncoderConfig
 from sahs_nerfstudio.fields.base import AMBIENT_KEY, DEFORMATION_KEY, SAHSFieldBase

@@ -1,6 +1,6 @@
 """Driven rendering (``sahs-render``): any driver through a camera path into an mp4.
 
-The driver is an expression sequence, an ``aud.npy``, an audio file (:mod:`sahs_nerfstudio.driving`)
+The driver is an expression sequence, an ``aud.npy``, an audio file (:mod:`sahs_nerfstudio.driving.sequence`)
 or, by default, the run's own split; the cameras follow :mod:`.camera_paths`. The mp4 gets the
 driver's audio when there is audio. Models with an eye channel get one eye closure per frame
 (:func:`sahs_nerfstudio.driving.driving_eyes`: an ``au.csv``, the split's own track, open eyes or
@@ -25,7 +25,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from sahs_nerfstudio.data import keys
 from sahs_nerfstudio.data.formats import ADNERF_AUDIO, EXPRESSION_BASIS
 from sahs_nerfstudio.data.pose import pose_code
-from sahs_nerfstudio.driving import (
+from sahs_nerfstudio.driving.sequence import (
     VIDEO_SUFFIXES,
     BlinkMode,
     DrivingSequence,
@@ -157,7 +157,7 @@ def render_driven_video(
     Args:
         config_path: the run's ``config.yml``.
         output: the mp4 to write (None: render only, e.g. to time it).
-        driver: a driving file (see :mod:`sahs_nerfstudio.driving`); None drives with ``split`` itself.
+        driver: a driving file (see :mod:`sahs_nerfstudio.driving.sequence`); None drives with ``split`` itself.
         audio: an audio file to mux instead of the driver's own audio.
         cameras: ``dataset`` (the split's cameras, cycled), ``frame`` (camera ``frame`` of the split,
             fixed), ``orbit`` (that camera swung +-``orbit_degrees`` about the head, one period) or ``driver``

@@ -143,7 +143,7 @@ class AvatarControls(nn.Module):
 
     @classmethod
     def for_model(cls, model: "SAHSModel") -> "AvatarControls":
-        from sahs_nerfstudio.driving import DriverSpec
+        from sahs_nerfstudio.driving.sequence import DriverSpec
 
         table = model.audio_table
         controls = cls(
@@ -329,7 +329,7 @@ class AvatarControls(nn.Module):
         file that cannot drive this model is one printed line and keeps the clip loaded before."""
         from sahs_nerfstudio.data.audio import CHANNELS as AUDIO_CHANNELS
         from sahs_nerfstudio.data.audio import WINDOW as AUDIO_WINDOW_SIZE
-        from sahs_nerfstudio.driving import VIDEO_SUFFIXES, check_driver, load_driver, load_video_driver
+        from sahs_nerfstudio.driving.sequence import VIDEO_SUFFIXES, check_driver, load_driver, load_video_driver
         from sahs_nerfstudio.errors import FormatError
 
         path = Path(str(self.el06_driver_path.value if path is None else path))  # type: ignore[attr-defined]

@@ -1,4 +1,4 @@
-"""``python -m sahs_nerfstudio.process.benchmark``: the numbers of BENCHMARKS.md's Preprocessing section.
+"""``python benchmarks/process_speed.py``: the numbers of BENCHMARKS.md's Preprocessing section.
 
 1. **Speed**: the moving astronaut photo (:mod:`.moving_photo`) at 512x512 through every stage;
    wall and CPU milliseconds per frame per stage, and the projection to a 5-minute video at 25 fps.
@@ -18,20 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List
 
+import moving_photo as mp  # a sibling module: this script's folder is first on sys.path
 import numpy as np
 import torch
 import tyro
 
 from sahs_nerfstudio.data.formats import adnerf_image_path, adnerf_landmarks_path, read_landmarks, read_rgb
 from sahs_nerfstudio.data.pose import euler_xyz_from_rotation
-from sahs_nerfstudio.process import moving_photo as mp
 from sahs_nerfstudio.process.pipeline import ProcessConfig, run
 from sahs_nerfstudio.utils.face_landmarks import interocular
 
 FIVE_MINUTES = 5 * 60 * 25
 PARALLEL = ("segmentation", "layout_nerface", "layout_adnerf")
 """Stages split over ``--workers`` processes; the others run on one core."""
-COMMAND = "python -m sahs_nerfstudio.process.benchmark --frames 1500 --workers 2 --no-synthetic"
+COMMAND = "python benchmarks/process_speed.py --frames 1500 --workers 2 --no-synthetic"
 """The measurement of BENCHMARKS.md's speed table (a 1-minute video), as one command."""
 
 

@@ -44,7 +44,7 @@ BlinkMode = Literal["auto", "natural", "open"]
 drives itself, else natural blinks), ``natural`` (always natural blinks) or ``open`` (never blinking)."""
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
-"""A video of a face drives through the project's tracker (:mod:`sahs_nerfstudio.process.driver`)."""
+"""A video of a face drives through the project's tracker (:mod:`sahs_nerfstudio.driving.video`)."""
 AAC_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
 """Sample rates the AAC encoder takes as they are; others are resampled to 48 kHz for the video."""
 
@@ -147,13 +147,13 @@ def load_video_driver(
     neutral_frame: int | None = None,
     head_motion: bool = False,
 ) -> DrivingSequence:
-    """A face video as a driver (:mod:`sahs_nerfstudio.process.driver`): for an expression model its tracked
+    """A face video as a driver (:mod:`sahs_nerfstudio.driving.video`): for an expression model its tracked
     expressions mapped into the subject's basis (``basis_file``, written by ``sahs-process`` into the dataset);
     for an audio model its sound track, and the tracked blinks as the eye closure when the basis is there.
     Frames without a face are an error naming them, or with ``skip_missing`` left out with their sound.
     ``head_motion`` also solves the driver's head poses (``--cameras driver``), a whole-clip PnP otherwise
     not needed."""
-    from sahs_nerfstudio.process import driver as drv
+    from sahs_nerfstudio.driving import video as drv
     from sahs_nerfstudio.process.audio import cut_to_frames
     from sahs_nerfstudio.process.expression import ExpressionBasis
     from sahs_nerfstudio.process.shape import subject_shape
