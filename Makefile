@@ -25,8 +25,9 @@ demo: setup
 browser:
 	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
+# PYTEST_ARGS: more pytest arguments, e.g. PYTEST_ARGS='-m "not slow"' for the quick loop.
 test: setup browser
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 # On a CUDA machine: the test suite, then sahs-fast for 5 minutes at 512x512; one JSON
 # (benchmarks/runs/gpu_check/gpu_check.json). Without CUDA: one line, status 2. GPU_CHECK_ARGS go to gpu_check.py.
