@@ -25,7 +25,7 @@ demo: setup
 browser:
 	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
-# PYTEST_ARGS: more pytest arguments, e.g. PYTEST_ARGS='-m "not slow"' for the quick loop.
+# PYTEST_ARGS: more pytest arguments, e.g. PYTEST_ARGS='-m learning' (the learned-bound tests) or '-k driver'.
 test: setup browser
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
