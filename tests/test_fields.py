@@ -345,22 +345,24 @@ def _package_imports(package: str) -> dict[str, set[str]]:
     return graph
 
 
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module ``start`` imports, directly or through others, in ``graph``."""
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph.get(todo.pop(), set()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
 def test_fast_field_does_not_reach_the_sahs_field_and_fields_have_no_import_cycle():
     graph = _package_imports("sahs_nerfstudio.fields")
     assert "sahs_nerfstudio.fields.sahs_field" in graph  # the walk did see the package
 
-    def reachable(start: str) -> set[str]:
-        seen, todo = set(), [start]
-        while todo:
-            for nxt in graph.get(todo.pop(), set()):
-                if nxt not in seen:
-                    seen.add(nxt)
-                    todo.append(nxt)
-        return seen
-
-    assert "sahs_nerfstudio.fields.sahs_field" not in reachable("sahs_nerfstudio.fields.fast_field")
+    assert "sahs_nerfstudio.fields.sahs_field" not in _reachable(graph, "sahs_nerfstudio.fields.fast_field")
     for module in graph:
-        assert module not in reachable(module), f"import cycle through {module}"
+        assert module not in _reachable(graph, module), f"import cycle through {module}"
     # data flows data/ -> fields/: the dataparser's modules (the metadata keys among them) import no field
     for module, imported in _package_imports("sahs_nerfstudio.data").items():
         assert not {m for m in imported if m.startswith("sahs_nerfstudio.fields")}, module
@@ -381,17 +383,8 @@ def test_errors_and_compat_are_leaves_and_the_package_has_no_import_cycle():
     for package in (*packages, "compat", "kernels", "viewer", "scripts", "driving"):
         graph |= _package_imports(f"sahs_nerfstudio.{package}")
 
-    def reachable(start: str) -> set[str]:
-        seen, todo = set(), [start]
-        while todo:
-            for nxt in graph.get(todo.pop(), set()):
-                if nxt not in seen:
-                    seen.add(nxt)
-                    todo.append(nxt)
-        return seen
-
     for module in graph:
-        assert module not in reachable(module), f"import cycle through {module}"
+        assert module not in _reachable(graph, module), f"import cycle through {module}"
     # the models read per-camera conditioning from ray metadata, not from the dataparser
     for module, imported in _package_imports("sahs_nerfstudio.models").items():
         assert "sahs_nerfstudio.data.sahs_dataparser" not in imported, module
